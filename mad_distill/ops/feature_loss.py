@@ -1,0 +1,64 @@
+"""Token-selective, instance-weighted feature distillation loss on L2-normalised features.
+
+``L = (1/B) * sum_b w_b * mean_{i in S_b} l(s_bi, t_bi)`` with ``l`` one of
+``cosine`` (1 - cos), ``mse`` and ``smooth_l1`` (mean over the feature dim, on unit vectors).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FEATURE_LOSSES = ("cosine", "mse", "smooth_l1")
+
+
+def feature_loss_reference(
+    student: Tensor,
+    teacher: Tensor,
+    index: Tensor,
+    weights: Tensor,
+    loss: str = "cosine",
+) -> Tensor:
+    """Eager reference.
+
+    Args:
+        student: ``[B, N, D]`` projected student features (gradients flow here).
+        teacher: ``[B, N, D]`` teacher features aligned to the student tokens (constant).
+        index: ``[B, k]`` selected positions, -1 for none.
+        weights: ``[B]`` instance weights (constant).
+        loss: one of :data:`FEATURE_LOSSES`.
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    if loss not in FEATURE_LOSSES:
+        raise ValueError(f"loss must be one of {FEATURE_LOSSES}, got {loss!r}")
+    if student.dim() != 3 or tuple(teacher.shape) != tuple(student.shape):
+        raise ValueError(
+            f"student and teacher must both be [B, N, D] of the same shape, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    b, n, d = student.shape
+    if index.dim() != 2 or index.shape[0] != b:
+        raise ValueError(f"index must be [B, k] with B = {b}, got shape {tuple(index.shape)}")
+    if tuple(weights.shape) != (b,):
+        raise ValueError(f"weights must be [B] = ({b},), got shape {tuple(weights.shape)}")
+    if index.numel() and int(index.max()) >= n:
+        raise ValueError(f"index has a position >= N = {n}")
+    valid = index >= 0
+    gather = index.clamp(min=0).long().unsqueeze(-1).expand(-1, -1, d)
+    s = F.normalize(torch.gather(student, 1, gather).float(), dim=-1)
+    t = F.normalize(torch.gather(teacher.detach(), 1, gather).float(), dim=-1)
+    if loss == "cosine":
+        per_tok = 1.0 - (s * t).sum(-1)
+    elif loss == "mse":
+        per_tok = ((s - t) ** 2).mean(-1)
+    else:
+        per_tok = F.smooth_l1_loss(s, t, reduction="none").mean(-1)
+    per_tok = per_tok * valid
+    per_instance = per_tok.sum(1) / valid.sum(1).clamp(min=1)
+    return (weights.detach().float() * per_instance).sum() / b
+
+
+feature_loss = feature_loss_reference
