@@ -1,0 +1,149 @@
+"""Confidence weighting (CW): per-instance weights from the teacher's zero-shot probabilities.
+
+MAD weights its distillation objective dynamically per instance (arXiv 2204.10496, abstract);
+the formulas are our design (DESIGN.md section 1). With ``p_t = softmax(teacher_logits)``:
+
+- ``gt_prob`` (default): ``w_b = p_t(y_b) ** gamma`` -- distil most where the teacher is right
+  and sure;
+- ``entropy``: ``w_b = (1 - H(p_t) / log C) ** gamma`` -- no labels needed (``C = 1``: ``w = 1``);
+- ``correct``: ``w_b = 1[argmax p_t = y_b]``;
+- ``uniform``: ``w_b = 1`` (ablation baseline).
+
+Weights are detached and normalised to mean 1 over the batch by :func:`normalize_weights`
+(globally across processes when given an ``all_reduce``). If every weight is zero, the
+normalised weights are all zero (the batch is not distilled), never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mad_distill.config import WEIGHT_MODES
+
+_LABEL_MODES = ("gt_prob", "correct")
+
+
+def normalize_weights(
+    weights: Tensor, all_reduce: Callable[[Tensor], Tensor | None] | None = None
+) -> Tensor:
+    """Scale ``weights [B]`` to mean 1; all-zero weights stay zero.
+
+    Args:
+        weights: ``[B]`` non-negative weights.
+        all_reduce: optional callable that sums a tensor across processes; it gets the fp32
+            tensor ``[sum of weights, count]`` and either returns the summed tensor or sums in
+            place and returns ``None`` (so ``torch.distributed.all_reduce`` works as is). With it
+            the mean is the global batch mean.
+
+    Returns:
+        ``[B]`` fp32, detached. No host sync.
+    """
+    if weights.dim() != 1:
+        raise ValueError(f"weights must be [B], got shape {tuple(weights.shape)}")
+    w = weights.detach().float()
+    stats = torch.stack([w.sum(), torch.tensor(float(w.numel()), device=w.device)])
+    if all_reduce is not None:
+        reduced = all_reduce(stats)
+        if reduced is not None:
+            stats = reduced
+    total, count = stats[0], stats[1]
+    scale = torch.where(total > 0, count / total.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    return w * scale
+
+
+def _teacher_probs(teacher: Tensor, probs: bool) -> Tensor:
+    if teacher.dim() != 2:
+        raise ValueError(f"teacher_logits must be [B, C], got shape {tuple(teacher.shape)}")
+    if not teacher.is_floating_point():
+        raise TypeError(f"teacher_logits must be floating point, got {teacher.dtype}")
+    if teacher.shape[1] < 1:
+        raise ValueError("teacher_logits must have at least one class (C >= 1)")
+    t = teacher.detach().float()
+    if probs:
+        ok = torch.isfinite(t).all() & (t >= 0).all() & ((t.sum(1) - 1).abs() <= 1e-3).all()
+        if not bool(ok):
+            raise ValueError(
+                "teacher probabilities (probs=True) must be finite, >= 0 and sum to 1 per row"
+            )
+        return t
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("teacher_logits has NaN or inf values")
+    return torch.softmax(t, dim=-1)
+
+
+def _check_labels(labels: Tensor | None, mode: str, b: int, c: int) -> Tensor | None:
+    if mode not in _LABEL_MODES:
+        return None
+    if labels is None:
+        raise ValueError(f"labels are required for weight mode {mode!r} (MADBatch.labels)")
+    if tuple(labels.shape) != (b,):
+        raise ValueError(f"labels must be [B] = ({b},), got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    labels = labels.long()
+    if b and not bool(((labels >= 0) & (labels < c)).all()):
+        raise ValueError(
+            f"labels must be class indices in [0, C) = [0, {c}), got min {int(labels.min())}, "
+            f"max {int(labels.max())}"
+        )
+    return labels
+
+
+def raw_confidence(
+    teacher_logits: Tensor,
+    labels: Tensor | None = None,
+    mode: str = "gt_prob",
+    gamma: float = 1.0,
+    *,
+    probs: bool = False,
+) -> Tensor:
+    """Un-normalised confidence ``[B]`` in ``[0, 1]`` (see module doc); detached, fp32."""
+    if mode not in WEIGHT_MODES:
+        raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {mode!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
+        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
+    if not math.isfinite(gamma):
+        raise ValueError(f"gamma must be finite, got {gamma!r}")
+    p = _teacher_probs(teacher_logits, probs)
+    b, c = p.shape
+    y = _check_labels(labels, mode, b, c)
+    if mode == "uniform":
+        return torch.ones(b, device=p.device)
+    if mode == "gt_prob":
+        return p.gather(1, y.unsqueeze(1)).squeeze(1).pow(gamma)
+    if mode == "correct":
+        return (p.argmax(dim=1) == y).float()
+    if c == 1:
+        return torch.ones(b, device=p.device)
+    entropy = -(p * p.clamp(min=1e-30).log()).sum(1)
+    return (1.0 - entropy / math.log(c)).clamp(0.0, 1.0).pow(gamma)
+
+
+def confidence_weights(
+    teacher_logits: Tensor,
+    labels: Tensor | None = None,
+    mode: str = "gt_prob",
+    gamma: float = 1.0,
+    *,
+    probs: bool = False,
+    all_reduce: Callable[[Tensor], Tensor | None] | None = None,
+) -> Tensor:
+    """Instance weights ``[B]`` from the teacher's zero-shot scores, normalised to batch mean 1.
+
+    Args:
+        teacher_logits: ``[B, C]`` zero-shot logits (CLIP: with its logit scale), or
+            probabilities when ``probs=True``.
+        labels: ``[B]`` ground-truth class indices; required for ``gt_prob`` and ``correct``.
+        mode: one of :data:`mad_distill.config.WEIGHT_MODES`.
+        gamma: exponent for ``gt_prob`` / ``entropy``, ``>= 0``.
+        all_reduce: makes the normalising mean global, see :func:`normalize_weights`.
+
+    Returns:
+        ``[B]`` fp32, detached; all zeros if every raw weight is zero.
+    """
+    raw = raw_confidence(teacher_logits, labels, mode, gamma, probs=probs)
+    return normalize_weights(raw, all_reduce=all_reduce)

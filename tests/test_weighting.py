@@ -1,0 +1,130 @@
+"""Confidence weights: formulas, batch-mean-1 normalisation, the all-zero case, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mad_distill.weighting import confidence_weights, normalize_weights, raw_confidence
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def _brute_raw(logits, labels, mode, gamma):
+    out = []
+    for b in range(logits.shape[0]):
+        p = torch.softmax(logits[b].double(), -1).tolist()
+        c = len(p)
+        if mode == "uniform":
+            out.append(1.0)
+        elif mode == "gt_prob":
+            out.append(p[int(labels[b])] ** gamma)
+        elif mode == "correct":
+            out.append(float(max(range(c), key=lambda i: (p[i], -i)) == int(labels[b])))
+        else:
+            h = -sum(q * math.log(q) for q in p if q > 0)
+            out.append(1.0 if c == 1 else max(0.0, 1 - h / math.log(c)) ** gamma)
+    return torch.tensor(out)
+
+
+@SETTINGS
+@given(
+    b=st.integers(1, 6),
+    c=st.integers(1, 7),
+    mode=st.sampled_from(["gt_prob", "entropy", "correct", "uniform"]),
+    gamma=st.sampled_from([0.0, 0.5, 1.0, 2.0]),
+    seed=st.integers(0, 9999),
+)
+def test_weights_match_formula_and_have_mean_one(b, c, mode, gamma, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, c, generator=g) * 3
+    labels = torch.randint(0, c, (b,), generator=g)
+    raw = raw_confidence(logits, labels, mode, gamma)
+    expected = _brute_raw(logits, labels, mode, gamma).float()
+    assert torch.allclose(raw, expected, atol=1e-5)
+    w = confidence_weights(logits, labels, mode, gamma)
+    assert w.shape == (b,) and w.dtype == torch.float32 and (w >= 0).all()
+    if expected.sum() > 0:
+        assert float(w.mean()) == pytest.approx(1.0, abs=1e-5)
+        assert torch.allclose(w, expected / expected.mean(), atol=1e-4)
+    else:
+        assert torch.equal(w, torch.zeros(b))
+
+
+def test_all_zero_weights_give_zeros_not_nan():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0]])
+    w = confidence_weights(logits, torch.tensor([1, 0]), "correct")
+    assert torch.equal(w, torch.zeros(2))
+    assert torch.equal(normalize_weights(torch.zeros(3)), torch.zeros(3))
+
+
+def test_probs_input_and_detached():
+    logits = torch.randn(4, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 0])
+    w = confidence_weights(logits, labels)
+    assert not w.requires_grad
+    w2 = confidence_weights(torch.softmax(logits.detach(), -1), labels, probs=True)
+    assert torch.allclose(w, w2, atol=1e-6)
+
+
+def test_entropy_needs_no_labels_and_single_class():
+    assert torch.equal(raw_confidence(torch.randn(3, 1), None, "entropy"), torch.ones(3))
+    # uniform teacher -> zero confidence; one-hot teacher -> full confidence
+    raw = raw_confidence(torch.tensor([[0.0, 0.0, 0.0], [100.0, 0.0, 0.0]]), None, "entropy")
+    assert raw.tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+
+
+def test_bf16_logits():
+    w = confidence_weights(torch.randn(4, 5).bfloat16(), torch.tensor([0, 1, 2, 3]))
+    assert w.dtype == torch.float32 and float(w.mean()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_normalize_with_all_reduce_uses_global_mean():
+    shard_a, shard_b = torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0, 2.0])
+    global_mean = float(torch.cat([shard_a, shard_b]).mean())
+
+    def other_stats(w):
+        return torch.stack([w.sum(), torch.tensor(float(w.numel()))])
+
+    returned = normalize_weights(shard_a, all_reduce=lambda t: t + other_stats(shard_b))
+    assert torch.allclose(returned, shard_a / global_mean)
+
+    def in_place(t):  # like torch.distributed.all_reduce: sums in place, returns None/Work
+        t.add_(other_stats(shard_a))
+
+    assert torch.allclose(normalize_weights(shard_b, all_reduce=in_place), shard_b / global_mean)
+    # zero locally but not globally: still zeros locally, and no NaN
+    zeros = normalize_weights(torch.zeros(2), all_reduce=lambda t: t + other_stats(shard_a))
+    assert torch.equal(zeros, torch.zeros(2))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        ((torch.randn(2, 3), None, "gt_prob"), {}, ValueError, "labels are required"),
+        ((torch.randn(2, 3), None, "correct"), {}, ValueError, "labels are required"),
+        ((torch.randn(2, 3), torch.tensor([0, 3])), {}, ValueError, r"labels must be class"),
+        ((torch.randn(2, 3), torch.tensor([-1, 0])), {}, ValueError, r"labels must be class"),
+        ((torch.randn(2, 3), torch.tensor([0.0, 1.0])), {}, TypeError, "labels must be an int"),
+        ((torch.randn(2, 3), torch.tensor([0, 1, 2])), {}, ValueError, r"labels must be \[B\]"),
+        ((torch.randn(2, 3), None, "confidence"), {}, ValueError, "mode must be one of"),
+        ((torch.randn(2, 3), None, "entropy", -1.0), {}, ValueError, "gamma"),
+        ((torch.randn(2, 3), None, "entropy", float("nan")), {}, ValueError, "gamma"),
+        ((torch.randn(2, 3, 1), None, "uniform"), {}, ValueError, r"teacher_logits must be \[B"),
+        ((torch.ones(2, 3, dtype=torch.long), None, "uniform"), {}, TypeError, "floating"),
+        ((torch.tensor([[0.0, float("nan")]]), None, "entropy"), {}, ValueError, "NaN or inf"),
+        ((torch.tensor([[0.5, 0.6]]), None, "entropy"), {"probs": True}, ValueError, "sum to 1"),
+    ],
+)
+def test_bad_inputs(args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        confidence_weights(*args, **kwargs)
+
+
+def test_normalize_bad_shape():
+    with pytest.raises(ValueError, match=r"weights must be \[B\]"):
+        normalize_weights(torch.ones(2, 2))
