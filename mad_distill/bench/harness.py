@@ -1,0 +1,363 @@
+"""The low-shot / domain-shift benchmark harness (``mad-distill bench``).
+
+A YAML file names a dataset runner, the tasks, training fractions, domains, seeds and methods
+(each method a partial :class:`~mad_distill.config.MADConfig`, or ``null`` for the baseline).
+The grid is expanded into runs; each run writes one JSON file atomically, so an interrupted bench
+resumes by skipping the runs whose JSON exists with the same run config. Then the runs are
+aggregated (mean ± std over seeds) into ``table.md``, ``table.json`` and ``plot.png``.
+
+Example::
+
+    dataset: world
+    tasks: [vqa, snli_ve, vcr]
+    fractions: [0.01, 0.05, 0.1, 1.0]
+    train_domain: flat
+    test_domains: [flat, textured]
+    seeds: [0, 1, 2]
+    methods:
+      baseline: null
+      mad: {select: {source: relevance, ratio: 0.3}, weight: {mode: gt_prob}}
+    train: {max_epochs: 20, batch_size: 32}
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: dataset name -> "module:function" of its runner; a runner trains and evaluates one run:
+#: ``runner(run: RunSpec, bench: BenchConfig) -> dict`` returning at least
+#: ``{"metrics": {test_domain: accuracy_in_percent}}``.
+RUNNERS: dict[str, str] = {
+    "world": "mad_distill.bench.world:run_world",
+}
+
+
+def register_runner(name: str, target: str | Callable[..., dict]) -> None:
+    """Plug a dataset runner into the harness (``"module:function"`` or a callable)."""
+    RUNNERS[name] = target  # type: ignore[assignment]
+
+
+@dataclass
+class BenchConfig:
+    """A benchmark grid. See the module docstring for the YAML form.
+
+    Args:
+        dataset: key of :data:`RUNNERS`.
+        tasks: task names the runner knows.
+        fractions: training-set fractions in (0, 1].
+        train_domain: the domain the student is finetuned on.
+        test_domains: domains every run is evaluated on (the train domain = in-domain,
+            the others = domain shift).
+        seeds: one run per seed; tables report mean ± std over seeds.
+        methods: name -> partial MADConfig dict, or None for the plain-finetuning baseline.
+        train: runner options (epochs, batch size, learning rate, ...).
+        out_dir: where per-run JSON, tables and plots go.
+    """
+
+    dataset: str = "world"
+    tasks: list[str] = field(default_factory=lambda: ["vqa", "snli_ve", "vcr"])
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 1.0])
+    train_domain: str = "flat"
+    test_domains: list[str] = field(default_factory=lambda: ["flat", "textured"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: dict[str, dict[str, Any] | None] = field(
+        default_factory=lambda: {"baseline": None, "mad": {}}
+    )
+    train: dict[str, Any] = field(default_factory=dict)
+    out_dir: str = "mad_distill_runs/bench"
+
+    def __post_init__(self) -> None:
+        if self.dataset not in RUNNERS:
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; known: {sorted(RUNNERS)}")
+        for name in ("tasks", "fractions", "test_domains", "seeds"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ValueError(f"{name}: must be a non-empty list, got {value!r}")
+        for f in self.fractions:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0 < f <= 1):
+                raise ValueError(f"fractions: each fraction must be in (0, 1], got {f!r}")
+        if not isinstance(self.methods, dict) or not self.methods:
+            raise ValueError("methods: must be a non-empty mapping name -> MAD config or null")
+        for m, cfg in self.methods.items():
+            if cfg is not None and not isinstance(cfg, dict):
+                raise TypeError(f"methods.{m}: must be a mapping or null, got {type(cfg).__name__}")
+        if not isinstance(self.train, dict):
+            raise TypeError(f"train: must be a mapping, got {type(self.train).__name__}")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> BenchConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"bench config not found: {path}")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the bench config must be a YAML mapping")
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown field(s) {sorted(unknown)}; known: "
+                f"{sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid: a task, a method, a training fraction and a seed."""
+
+    task: str
+    method: str
+    fraction: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.method}/frac{self.fraction:g}/seed{self.seed}"
+
+
+def expand_grid(bench: BenchConfig) -> list[RunSpec]:
+    """All runs of a bench, in a stable order (task, fraction, seed, method)."""
+    return [
+        RunSpec(task, method, float(fraction), int(seed))
+        for task in bench.tasks
+        for fraction in bench.fractions
+        for seed in bench.seeds
+        for method in bench.methods
+    ]
+
+
+def run_fingerprint(run: RunSpec, bench: BenchConfig) -> str:
+    """Hash of everything that determines a run's result; a stored run is reused only if equal."""
+    payload = {
+        "run": asdict(run),
+        "dataset": bench.dataset,
+        "method": bench.methods[run.method],
+        "train_domain": bench.train_domain,
+        "test_domains": list(bench.test_domains),
+        "train": bench.train,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON so a crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _resolve_runner(name: str) -> Callable[..., dict]:
+    target = RUNNERS[name]
+    if callable(target):
+        return target
+    module, _, fn = target.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _run_path(out_dir: Path, run: RunSpec) -> Path:
+    return out_dir / "runs" / f"{run.key.replace('/', '__')}.json"
+
+
+def load_finished(path: Path, fingerprint: str) -> dict | None:
+    """A stored run result if it is complete and was made with the same fingerprint."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if result.get("fingerprint") == fingerprint else None
+
+
+def run_bench(
+    bench: BenchConfig,
+    runner: Callable[..., dict] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Run (or resume) every run of ``bench``; returns all run results."""
+    out_dir = Path(bench.out_dir)
+    runner = runner or _resolve_runner(bench.dataset)
+    grid = expand_grid(bench)
+    results = []
+    for i, run in enumerate(grid, 1):
+        path = _run_path(out_dir, run)
+        fp = run_fingerprint(run, bench)
+        done = load_finished(path, fp)
+        if done is not None:
+            log(f"[{i}/{len(grid)}] {run.key}: done earlier, skipped")
+            results.append(done)
+            continue
+        log(f"[{i}/{len(grid)}] {run.key}: running")
+        start = time.perf_counter()
+        out = runner(run, bench)
+        if "metrics" not in out or not isinstance(out["metrics"], dict):
+            raise ValueError(f"runner for {bench.dataset!r} returned no 'metrics' mapping")
+        result = {
+            **out,
+            "run": asdict(run),
+            "key": run.key,
+            "fingerprint": fp,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        write_json_atomic(path, result)
+        results.append(result)
+    return results
+
+
+def aggregate(results: Sequence[dict], bench: BenchConfig) -> dict:
+    """Mean ± std over seeds per task, method, fraction and test domain."""
+    cells: dict[tuple[str, str, float, str], list[float]] = {}
+    for r in results:
+        run = r["run"]
+        for domain, acc in r["metrics"].items():
+            cells.setdefault((run["task"], run["method"], run["fraction"], domain), []).append(
+                float(acc)
+            )
+    rows = []
+    for (task, method, fraction, domain), values in sorted(cells.items()):
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(
+            values
+        ) > 1 else 0.0
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "fraction": fraction,
+                "test_domain": domain,
+                "condition": "in-domain" if domain == bench.train_domain else "domain-shift",
+                "mean": round(mean, 3),
+                "std": round(std, 3),
+                "n_seeds": len(values),
+            }
+        )
+    return {"train_domain": bench.train_domain, "rows": rows}
+
+
+def markdown_table(agg: dict, methods: Sequence[str]) -> str:
+    """One row per task × condition × fraction, one column per method (mean ± std)."""
+    by_cell: dict[tuple, dict[str, dict]] = {}
+    for row in agg["rows"]:
+        cell = (row["task"], row["condition"], row["test_domain"], row["fraction"])
+        by_cell.setdefault(cell, {})[row["method"]] = row
+    header = "| task | condition | test domain | train fraction | " + " | ".join(methods) + " |"
+    sep = "|" + "---|" * (4 + len(methods))
+    lines = [header, sep]
+    for (task, condition, domain, fraction), per_method in by_cell.items():
+        vals = []
+        for m in methods:
+            r = per_method.get(m)
+            vals.append(f"{r['mean']:.1f} ± {r['std']:.1f}" if r else "–")
+        lines.append(
+            f"| {task} | {condition} | {domain} | {fraction * 100:g} % | " + " | ".join(vals) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(agg: dict, methods: Sequence[str], path: str | os.PathLike) -> None:
+    """Accuracy vs training fraction (in-domain, one line per method) and domain-shift bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in agg["rows"]})
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 7), squeeze=False)
+    for col, task in enumerate(tasks):
+        ax = axes[0][col]
+        for m in methods:
+            pts = sorted(
+                (r["fraction"], r["mean"], r["std"])
+                for r in agg["rows"]
+                if r["task"] == task and r["method"] == m and r["condition"] == "in-domain"
+            )
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar([x * 100 for x in xs], ys, yerr=es, marker="o", capsize=3, label=m)
+        ax.set_xscale("log")
+        ax.set_xlabel("training data (%)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{task}: in-domain ({agg['train_domain']})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        shift = [r for r in agg["rows"] if r["task"] == task and r["condition"] == "domain-shift"]
+        fractions = sorted({r["fraction"] for r in shift})
+        width = 0.8 / max(len(methods), 1)
+        for i, m in enumerate(methods):
+            rows = {r["fraction"]: r for r in shift if r["method"] == m}
+            xs = [j + i * width for j, f in enumerate(fractions) if f in rows]
+            ax.bar(
+                xs,
+                [rows[f]["mean"] for f in fractions if f in rows],
+                width,
+                yerr=[rows[f]["std"] for f in fractions if f in rows],
+                capsize=2,
+                label=m,
+            )
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(fractions))])
+        ax.set_xticklabels([f"{f * 100:g} %" for f in fractions])
+        ax.set_xlabel("training data (%)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{task}: domain shift")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: Sequence[dict], bench: BenchConfig) -> dict:
+    """Aggregate, then write ``table.md``, ``table.json`` and ``plot.png`` under ``out_dir``."""
+    out_dir = Path(bench.out_dir)
+    agg = aggregate(results, bench)
+    methods = list(bench.methods)
+    md = markdown_table(agg, methods)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / ".table.md.tmp"
+    tmp.write_text(md)
+    os.replace(tmp, out_dir / "table.md")
+    write_json_atomic(out_dir / "table.json", agg)
+    plot(agg, methods, out_dir / "plot.png")
+    return {"aggregate": agg, "markdown": md}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mad-distill bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="bench YAML file")
+    parser.add_argument("--out-dir", help="override the config's out_dir")
+    args = parser.parse_args(argv)
+    bench = BenchConfig.from_yaml(args.config)
+    if args.out_dir:
+        bench.out_dir = args.out_dir
+    results = run_bench(bench)
+    report = write_report(results, bench)
+    print(report["markdown"])
+    print(f"wrote {Path(bench.out_dir) / 'table.md'}, table.json and plot.png")
+    return 0
