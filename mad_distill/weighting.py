@@ -9,6 +9,10 @@ the formulas are our design (DESIGN.md section 1). With ``p_t = softmax(teacher_
 - ``correct``: ``w_b = 1[argmax p_t = y_b]``;
 - ``uniform``: ``w_b = 1`` (ablation baseline).
 
+Instances whose label is ``ignore_index`` (default -1: e.g. a VQA question none of whose answers
+is in the answer vocabulary) get weight 0 under the label modes: the teacher's correctness cannot
+be judged there, so they are not distilled.
+
 Weights are detached and normalised to mean 1 over the batch by :func:`normalize_weights`
 (globally across processes when given an ``all_reduce``). If every weight is zero, the
 normalised weights are all zero (the batch is not distilled), never NaN.
@@ -75,7 +79,15 @@ def _teacher_probs(teacher: Tensor, probs: bool) -> Tensor:
     return torch.softmax(t, dim=-1)
 
 
-def _check_labels(labels: Tensor | None, mode: str, b: int, c: int) -> Tensor | None:
+def _known(labels: Tensor, ignore_index: int | None) -> Tensor:
+    if ignore_index is None:
+        return torch.ones_like(labels, dtype=torch.bool)
+    return labels != ignore_index
+
+
+def _check_labels(
+    labels: Tensor | None, mode: str, b: int, c: int, ignore_index: int | None = -1
+) -> Tensor | None:
     if mode not in _LABEL_MODES:
         return None
     if labels is None:
@@ -85,10 +97,11 @@ def _check_labels(labels: Tensor | None, mode: str, b: int, c: int) -> Tensor | 
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     labels = labels.long()
-    if b and not bool(((labels >= 0) & (labels < c)).all()):
+    known = _known(labels, ignore_index)
+    if b and not bool((~known | ((labels >= 0) & (labels < c))).all()):
         raise ValueError(
-            f"labels must be class indices in [0, C) = [0, {c}), got min {int(labels.min())}, "
-            f"max {int(labels.max())}"
+            f"labels must be class indices in [0, C) = [0, {c}) or ignore_index={ignore_index}, "
+            f"got min {int(labels.min())}, max {int(labels.max())}"
         )
     return labels
 
@@ -100,6 +113,7 @@ def raw_confidence(
     gamma: float = 1.0,
     *,
     probs: bool = False,
+    ignore_index: int | None = -1,
 ) -> Tensor:
     """Un-normalised confidence ``[B]`` in ``[0, 1]`` (see module doc); detached, fp32."""
     if mode not in WEIGHT_MODES:
@@ -110,13 +124,17 @@ def raw_confidence(
         raise ValueError(f"gamma must be finite, got {gamma!r}")
     p = _teacher_probs(teacher_logits, probs)
     b, c = p.shape
-    y = _check_labels(labels, mode, b, c)
+    y = _check_labels(labels, mode, b, c, ignore_index)
     if mode == "uniform":
         return torch.ones(b, device=p.device)
-    if mode == "gt_prob":
-        return p.gather(1, y.unsqueeze(1)).squeeze(1).pow(gamma)
-    if mode == "correct":
-        return (p.argmax(dim=1) == y).float()
+    if mode in _LABEL_MODES:
+        known = _known(y, ignore_index)
+        y_safe = y.clamp(min=0)
+        if mode == "gt_prob":
+            w = p.gather(1, y_safe.unsqueeze(1)).squeeze(1).pow(gamma)
+        else:
+            w = (p.argmax(dim=1) == y_safe).float()
+        return w * known
     if c == 1:
         return torch.ones(b, device=p.device)
     entropy = -(p * p.clamp(min=1e-30).log()).sum(1)
@@ -131,6 +149,7 @@ def confidence_weights(
     *,
     probs: bool = False,
     all_reduce: Callable[[Tensor], Tensor | None] | None = None,
+    ignore_index: int | None = -1,
 ) -> Tensor:
     """Instance weights ``[B]`` from the teacher's zero-shot scores, normalised to batch mean 1.
 
@@ -141,9 +160,12 @@ def confidence_weights(
         mode: one of :data:`mad_distill.config.WEIGHT_MODES`.
         gamma: exponent for ``gt_prob`` / ``entropy``, ``>= 0``.
         all_reduce: makes the normalising mean global, see :func:`normalize_weights`.
+        ignore_index: label value meaning "unknown"; such instances get weight 0.
 
     Returns:
         ``[B]`` fp32, detached; all zeros if every raw weight is zero.
     """
-    raw = raw_confidence(teacher_logits, labels, mode, gamma, probs=probs)
+    raw = raw_confidence(
+        teacher_logits, labels, mode, gamma, probs=probs, ignore_index=ignore_index
+    )
     return normalize_weights(raw, all_reduce=all_reduce)

@@ -108,7 +108,13 @@ def test_normalize_with_all_reduce_uses_global_mean():
         ((torch.randn(2, 3), None, "gt_prob"), {}, ValueError, "labels are required"),
         ((torch.randn(2, 3), None, "correct"), {}, ValueError, "labels are required"),
         ((torch.randn(2, 3), torch.tensor([0, 3])), {}, ValueError, r"labels must be class"),
-        ((torch.randn(2, 3), torch.tensor([-1, 0])), {}, ValueError, r"labels must be class"),
+        ((torch.randn(2, 3), torch.tensor([-2, 0])), {}, ValueError, r"labels must be class"),
+        (
+            (torch.randn(2, 3), torch.tensor([-1, 0])),
+            {"ignore_index": None},
+            ValueError,
+            r"labels must be class",
+        ),
         ((torch.randn(2, 3), torch.tensor([0.0, 1.0])), {}, TypeError, "labels must be an int"),
         ((torch.randn(2, 3), torch.tensor([0, 1, 2])), {}, ValueError, r"labels must be \[B\]"),
         ((torch.randn(2, 3), None, "confidence"), {}, ValueError, "mode must be one of"),
@@ -128,3 +134,15 @@ def test_bad_inputs(args, kwargs, exc, match):
 def test_normalize_bad_shape():
     with pytest.raises(ValueError, match=r"weights must be \[B\]"):
         normalize_weights(torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("mode", ["gt_prob", "correct"])
+def test_ignored_labels_get_zero_weight(mode):
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, -1, 2])
+    raw = raw_confidence(logits, labels, mode)
+    assert raw[1] == 0
+    expected = raw_confidence(logits[[0, 2]], labels[[0, 2]], mode)
+    assert torch.equal(raw[[0, 2]], expected)
+    w = confidence_weights(logits, labels, mode)
+    assert w[1] == 0 and torch.isclose(w.mean(), torch.tensor(1.0))
