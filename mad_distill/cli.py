@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mad_distill.vlkd.bench",
         "VLKD on the embedded world: distil CLIP into a small BART, zero-shot VQA",
     ),
+    "fit": (
+        "mad_distill.tasks.cli",
+        "finetune a VL model on VQA v2 / SNLI-VE / VCR with MAD (YAML)",
+    ),
 }
 
 
