@@ -1,5 +1,8 @@
-"""Kernels of the MAD core. Each module holds a PyTorch reference, and (on CUDA) a Triton kernel
-with its autograd Function; the public names dispatch between them."""
+"""Kernels of the MAD core (DESIGN.md section 4). Each module holds a PyTorch reference
+(``*_reference``, the ground truth) and, where it pays, a Triton kernel with its autograd
+Function; the public names dispatch: ``token_kl`` and ``fused_linear_token_kl`` take
+``backend="auto" | "triton" | "reference"`` (auto = Triton on CUDA when triton imports);
+``select_tokens`` and ``feature_loss`` are eager on every device (see their modules for why)."""
 
 from mad_distill.ops.feature_loss import feature_loss, feature_loss_reference
 from mad_distill.ops.select_tokens import select_tokens, select_tokens_reference

@@ -1,7 +1,15 @@
 """Masked per-row top-k token selection.
 
-``select_tokens_reference`` is the ground truth. Selection happens once per batch on a small
-``[B, N]`` tensor; a Triton kernel is used only where the benchmark shows it beats ``torch.topk``.
+``select_tokens_reference`` is the ground truth, and also the public :func:`select_tokens` on
+every device: there is no Triton kernel, by decision. Selection runs once per batch on a
+``[B, N]`` score tensor (N is a few hundred tokens: kilobytes), so the op is one masked fill, one
+sort and a few tiny element-wise launches; their cost is launch latency, which a custom kernel
+would not remove in any amount that matters next to the ``[B, N, C]`` KL. ``torch.topk`` is not
+used either: on CUDA it does not promise an order among equal scores, and the contract here is
+ties -> lower position (deterministic selections, same result on CPU and GPU); a stable sort
+gives that. ``benchmarks/kernels.py`` times the stable sort against ``torch.topk``
+(``select_tokens`` in its JSON) so the decision can be revisited with GPU numbers; it has none
+yet (issue 5).
 """
 
 from __future__ import annotations
@@ -59,4 +67,5 @@ def select_tokens_reference(
     return index, valid
 
 
+#: the public op (see the module docstring for why it is the reference on every device)
 select_tokens = select_tokens_reference
