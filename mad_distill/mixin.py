@@ -15,6 +15,7 @@ gradient buckets or ``.train()``; the projection heads are ordinary submodules
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from mad_distill.align import Projector, pool_words, resize_grid, split_words
 from mad_distill.config import MADConfig
+from mad_distill.distributed import is_distributed, reduce_mad_parts
 from mad_distill.losses import feature_distill_loss, instance_kl_loss, token_kl_loss
 from mad_distill.schedules import lambda_at
 from mad_distill.selection import compute_scores, select_tokens
@@ -190,15 +192,52 @@ class MADMixin:
             need.add("text")
         return frozenset(need)
 
+    def use_mad_cache(self, cache: Any) -> None:
+        """Read the teachers' outputs from a teacher-feature cache instead of running them.
+
+        Args:
+            cache: a :class:`~mad_distill.cache.TeacherCache` built with this module's teachers
+                (checked: :class:`~mad_distill.cache.CacheError` names the role that differs)
+                holding every output the config needs; ``None`` goes back to live teachers.
+                Batches then need ``MADBatch.keys``; ``teacher_images`` may be ``None``.
+        """
+        if cache is None:
+            self.__dict__.pop("_mad_cache", None)
+            return
+        from mad_distill.cache import CacheError, TeacherCache
+
+        if not isinstance(cache, TeacherCache):
+            raise TypeError(f"cache must be a TeacherCache or None, got {type(cache).__name__}")
+        cache.check_teachers(self.mad_teacher_identities)
+        missing = sorted(self.mad_required_outputs() - cache.outputs)
+        if missing:
+            raise CacheError(
+                f"the config needs teacher outputs {missing} that the cache {cache.directory} "
+                f"does not hold (it has {sorted(cache.outputs)})"
+            )
+        self.__dict__["_mad_cache"] = cache
+
+    @property
+    def mad_cache(self) -> Any:
+        """The attached :class:`~mad_distill.cache.TeacherCache`, or ``None`` (live teachers)."""
+        return self.__dict__.get("_mad_cache")
+
     def mad_teacher_outputs(self, batch: MADBatch, required: frozenset[str]) -> MADTeacherOutputs:
         """Run the frozen teachers on ``batch`` (no grad) for the outputs in ``required``.
 
         Override this (or let the teacher-feature cache do it) to read the outputs from
         elsewhere; :meth:`mad_loss` uses only what this returns.
         """
+        cache = self.__dict__.get("_mad_cache")
+        if cache is not None:  # teacher-feature cache (issue 7): rows by MADBatch.keys, fp32
+            device = next((p.device for p in self.parameters()), None)
+            return cache.teacher_outputs(batch, required, device=device)
         teachers = self.mad_teachers
         out = MADTeacherOutputs()
-        with torch.no_grad():
+        # teachers run outside the student's autocast: their outputs are fp32 targets, as from the
+        # cache (CLIP's logit scale would amplify bf16 rounding of the zero-shot scores); a
+        # half-precision teacher is an explicit choice (teacher_kwargs precision)
+        with torch.no_grad(), _autocast_off():
             for teacher in teachers.values():
                 teacher.eval()  # cheap guard: nothing may turn dropout on in a teacher
             if "image" in required:
@@ -300,6 +339,8 @@ class MADMixin:
             "weight_mean": weights.mean(),
             "selected_frac": n_sel / n_valid.clamp(min=1),
         }
+        if is_distributed():  # global values on every rank, one fused all-reduce (issue 7)
+            parts = reduce_mad_parts(parts, n_sel, n_valid)
         self.__dict__["_mad_last"] = parts
         self._mad_log(parts, b)
         return loss
@@ -583,6 +624,15 @@ def _pool_teacher_words(
     ids = torch.where(ids < n_words, ids, -1)
     words, valid = pool_words(values, ids, n_words)
     return words.to(device), valid.to(device)
+
+
+def _autocast_off() -> contextlib.ExitStack:
+    """Leave any active autocast (CPU or CUDA) for the block."""
+    stack = contextlib.ExitStack()
+    for device_type in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+    return stack
 
 
 def _all_reduce_sum() -> Any:
