@@ -1,0 +1,136 @@
+"""The shipped world CLIP teacher: checksum, loading through create_teacher, zero-shot skill,
+and deterministic pretraining."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from mad_distill.data.world import (
+    TASKS,
+    WORLD_CLIP_CHECKSUM,
+    WORLD_CLIP_WEIGHTS,
+    WorldDataModule,
+    load_world_clip,
+    verify_weights,
+)
+from mad_distill.data.world.zero_shot import chance_accuracy, teacher_class_logits
+from mad_distill.teachers import OpenCLIPTeacher, create_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return create_teacher("world-clip")
+
+
+def test_shipped_weights_match_their_checksum():
+    record = json.loads(WORLD_CLIP_CHECKSUM.read_text())
+    assert verify_weights() == record["sha256"]
+    assert record["file"] == WORLD_CLIP_WEIGHTS.name
+    assert WORLD_CLIP_WEIGHTS.stat().st_size < 20 * 2**20
+
+
+def test_corrupt_or_mismatched_copy_is_refused(tmp_path):
+    bad = tmp_path / "world_clip.safetensors"
+    shutil.copy(WORLD_CLIP_WEIGHTS, bad)
+    shutil.copy(WORLD_CLIP_CHECKSUM, tmp_path / "world_clip.json")
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"world_clip\.safetensors are corrupt"):
+        verify_weights(bad)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_world_clip(bad)
+    with pytest.raises(ValueError, match="corrupt"):
+        create_teacher("world-clip", weights=bad)
+    (tmp_path / "world_clip.json").write_text("{}")
+    with pytest.raises(ValueError, match="malformed"):
+        verify_weights(bad)
+    (tmp_path / "world_clip.json").unlink()
+    with pytest.raises(FileNotFoundError, match="checksum file"):
+        verify_weights(bad)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        verify_weights(tmp_path / "missing.safetensors")
+
+
+def test_create_teacher_world_clip_is_a_frozen_open_clip_teacher(teacher):
+    assert isinstance(teacher, OpenCLIPTeacher)
+    assert teacher.describe() == "open_clip:MAD-World-CLIP"
+    assert not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_shipped_teacher_beats_chance_zero_shot(teacher, task):
+    """A real test of the shipped weights, through the MADBatch path MAD uses."""
+    for domain in ("flat", "textured"):
+        dm = WorldDataModule(
+            task,
+            "flat",
+            domain,
+            fraction=1.0,
+            pool_size=10,
+            test_size=96,
+            val_size=0,
+            batch_size=48,
+        )
+        dm.setup("test")
+        correct = 0
+        for batch in dm.test_dataloader()[0]:
+            logits = teacher_class_logits(teacher, batch.mad, dm.num_classes)
+            pred = logits.argmax(-1)
+            if task == "vqa":  # VQA accuracy: the soft score of the predicted answer
+                correct += float(batch.answer_scores.gather(1, pred[:, None]).sum())
+            else:
+                correct += int((pred == batch.labels).sum())
+        acc = 100.0 * correct / 96
+        assert acc > chance_accuracy(task) + 8, (task, domain, acc)
+
+
+def test_pretraining_is_deterministic_and_writes_a_checksum(tmp_path):
+    from mad_distill.data.world.pretrain import pretrain_teacher
+
+    kw = dict(steps=2, batch_size=8, warmup=1, log_every=0, threads=1)
+    a = pretrain_teacher(tmp_path / "a.safetensors", seed=5, **kw)
+    b = pretrain_teacher(tmp_path / "b.safetensors", seed=5, **kw)
+    c = pretrain_teacher(tmp_path / "c.safetensors", seed=6, **kw)
+    assert a["sha256"] == b["sha256"] != c["sha256"]
+    assert verify_weights(tmp_path / "a.safetensors") == a["sha256"]
+    model, _, tokenizer = load_world_clip(tmp_path / "a.safetensors")
+    assert model.encode_text(tokenizer(["a red circle."])).shape == (1, 128)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.json",
+        "a.safetensors",
+        "b.json",
+        "b.safetensors",
+        "c.json",
+        "c.safetensors",
+    ]
+
+
+def test_pretraining_bad_arguments(tmp_path):
+    from mad_distill.data.world.pretrain import build_parser, pretrain_teacher
+
+    with pytest.raises(ValueError, match="steps"):
+        pretrain_teacher(tmp_path / "x.safetensors", steps=0)
+    with pytest.raises(ValueError, match=r"\.safetensors"):
+        pretrain_teacher(tmp_path / "x.pt", steps=1)
+    with pytest.raises(ValueError, match="precision"):
+        pretrain_teacher(tmp_path / "x.safetensors", steps=1, precision="int8")
+    args = build_parser().parse_args(["--out", "w.safetensors", "--steps", "3"])
+    assert args.steps == 3 and args.threads == 1
+
+
+def test_zero_shot_accuracy_function_reports_per_type(teacher):
+    from mad_distill.data.world.zero_shot import zero_shot_accuracy
+
+    out = zero_shot_accuracy(teacher.model, teacher.tokenizer, "vcr", "flat", n=40)
+    assert {"accuracy", "qa2r", "q2ar"} <= set(out)
+    assert out["q2ar"] <= min(out["accuracy"], out["qa2r"])
+    assert any(k.startswith("type/") for k in out)
+    with pytest.raises(ValueError, match="n must be"):
+        zero_shot_accuracy(teacher.model, teacher.tokenizer, "vcr", "flat", n=0)
+    torch.manual_seed(0)
