@@ -17,6 +17,7 @@ A spec is ``"<prefix>:<rest>"``:
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ class TeacherSpec:
 TeacherFactory = Callable[..., Teacher]
 _PREFIXES: dict[str, tuple[Callable[[str, str], TeacherSpec], TeacherFactory]] = {}
 _ALIASES: dict[str, str | TeacherSpec | Callable[..., Teacher]] = {}
+
+#: aliases of teachers that ship with the package, registered by importing their module on first
+#: use (so ``create_teacher("world-clip")`` works without importing the world first)
+_PACKAGED_ALIASES: dict[str, str] = {"world-clip": "mad_distill.data.world.teacher"}
+
+
+def _load_packaged_alias(name: str) -> None:
+    module = _PACKAGED_ALIASES.get(name)
+    if module is not None and name not in _ALIASES:
+        importlib.import_module(module).register_world_teacher()
 
 
 def register_teacher_prefix(
@@ -107,11 +118,11 @@ def list_teacher_prefixes() -> list[str]:
 
 
 def list_teacher_aliases() -> list[str]:
-    return sorted(_ALIASES)
+    return sorted(set(_ALIASES) | set(_PACKAGED_ALIASES))
 
 
 def _known() -> str:
-    aliases = f"; aliases: {', '.join(list_teacher_aliases())}" if _ALIASES else ""
+    aliases = f"; aliases: {', '.join(list_teacher_aliases())}"
     return f"known prefixes: {', '.join(p + ':' for p in list_teacher_prefixes())}{aliases}"
 
 
@@ -157,6 +168,7 @@ def parse_teacher_spec(spec: str | TeacherSpec) -> TeacherSpec:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"teacher spec must be a string, got {type(spec).__name__}")
+    _load_packaged_alias(spec)
     if spec in _ALIASES:
         target = _ALIASES[spec]
         if isinstance(target, TeacherSpec):

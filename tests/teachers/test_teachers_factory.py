@@ -172,3 +172,21 @@ def test_parent_train_keeps_teacher_frozen_in_eval(clip_teacher):
     assert not any(m.training for m in clip_teacher.modules())
     trainable = [n for n, p in student.named_parameters() if p.requires_grad]
     assert trainable == ["head.weight", "head.bias"]
+
+
+def test_packaged_world_clip_alias_needs_no_import():
+    """`create_teacher("world-clip")` works in a fresh process that never imported the world."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mad_distill.teachers import create_teacher, list_teacher_aliases\n"
+        "assert 'world-clip' in list_teacher_aliases()\n"
+        "assert 'mad_distill.data.world.teacher' not in sys.modules\n"
+        "t = create_teacher('world-clip')\n"
+        "print(type(t).__name__, t.embed_dim)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("OpenCLIPTeacher")
