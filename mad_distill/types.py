@@ -51,10 +51,8 @@ class StudentTokens:
 
     def __post_init__(self) -> None:
         if not isinstance(self.hidden, Tensor) or self.hidden.dim() != 3:
-            raise ValueError(
-                f"StudentTokens.hidden must be a [B, N, d] tensor, got "
-                f"{tuple(self.hidden.shape) if isinstance(self.hidden, Tensor) else type(self.hidden)}"
-            )
+            got = tuple(self.hidden.shape) if isinstance(self.hidden, Tensor) else type(self.hidden)
+            raise ValueError(f"StudentTokens.hidden must be a [B, N, d] tensor, got {got}")
         b, n, _ = self.hidden.shape
         for name in ("mask", "kinds", "word_ids"):
             t = getattr(self, name)
@@ -83,7 +81,8 @@ class TeacherImageOutput:
         tokens: ``[B, P, d_t]`` patch tokens (no CLS), row-major over ``grid``.
         grid: ``(gh, gw)`` patch grid.
         pooled: ``[B, e]`` pooled embedding (CLIP: in the joint image-text space).
-        tokens_joint: ``[B, P, e]`` patch tokens mapped into the joint space (for relevance), optional.
+        tokens_joint: ``[B, P, e]`` patch tokens mapped into the joint space (for relevance),
+            optional.
         attention: ``[B, P]`` last-layer attention from the CLS token, mean over heads, optional.
     """
 
@@ -103,7 +102,8 @@ class TeacherTextOutput:
         mask: ``[B, T]`` bool, valid (non-padding) tokens.
         word_ids: ``[B, T]`` long, word index per token (-1 for special tokens / padding).
         pooled: ``[B, e]`` pooled embedding.
-        tokens_joint: ``[B, T, e]`` tokens in the joint image-text space (CLIP text tower), optional.
+        tokens_joint: ``[B, T, e]`` tokens in the joint image-text space (CLIP text tower),
+            optional.
         attention: ``[B, T]`` last-layer attention from the pooled/CLS token, optional.
         mlm_logits: ``[B, T, V]`` MLM logits, optional.
     """

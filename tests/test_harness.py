@@ -51,8 +51,11 @@ def test_grid_runs_resumes_and_reports(tmp_path):
     report = harness.write_report(again, _bench(tmp_path))
     rows = report["aggregate"]["rows"]
     row = next(
-        r for r in rows
-        if r["task"] == "vqa" and r["method"] == "mad" and r["fraction"] == 0.01
+        r
+        for r in rows
+        if r["task"] == "vqa"
+        and r["method"] == "mad"
+        and r["fraction"] == 0.01
         and r["test_domain"] == "flat"
     )
     assert row["mean"] == pytest.approx(61.0) and row["std"] == pytest.approx(1.0)

@@ -242,9 +242,11 @@ def aggregate(results: Sequence[dict], bench: BenchConfig) -> dict:
     rows = []
     for (task, method, fraction, domain), values in sorted(cells.items()):
         mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(
-            values
-        ) > 1 else 0.0
+        std = (
+            math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            if len(values) > 1
+            else 0.0
+        )
         rows.append(
             {
                 "task": task,
