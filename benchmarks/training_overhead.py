@@ -8,6 +8,9 @@ cost does not depend on the weights) it measures:
   batches held in memory (no data loading, no Lightning loop: the same for every mode). The three
   modes are interleaved round-robin, ``--repeats`` rounds of ``--steps`` steps after a warm-up,
   and the median per-step time is reported with the spread (min-max of the rounds' medians);
+* **teacher forward**: ``mad_teacher_outputs`` of the live module alone (the CLIP towers the
+  config needs, no student, no loss), median over the same batches, as a share of the plain step:
+  the part of the live overhead that only the cache removes;
 * **peak memory**: on CUDA ``torch.cuda.max_memory_allocated`` per mode (peak reset before);
   on CPU, a fresh process per mode sets up (student, teacher, cache), resets the kernel's
   peak-RSS mark and trains ``--steps`` steps: the peak RSS during training (``VmHWM``), and that
@@ -264,6 +267,17 @@ def time_modes(kind: str, args: argparse.Namespace, device: torch.device) -> dic
                 _sync(device)
                 times.append(time.perf_counter() - t0)
             rounds[mode].append(statistics.median(times))
+    # what the live overhead is made of: the teachers' forward alone (no student, no loss)
+    live = modules["live"][0]
+    required = live.mad_required_outputs()
+    teacher_times = []
+    for _ in range(args.repeats):
+        for b in batches:
+            _sync(device)
+            t0 = time.perf_counter()
+            live.mad_teacher_outputs(b["mad"], required)
+            _sync(device)
+            teacher_times.append(time.perf_counter() - t0)
     out: dict[str, Any] = {}
     for mode in MODES:
         med = statistics.median(rounds[mode])
@@ -275,6 +289,10 @@ def time_modes(kind: str, args: argparse.Namespace, device: torch.device) -> dic
     plain = out["plain"]["step_s_median"]
     for mode in ("live", "cache"):
         out[mode]["overhead_pct"] = 100.0 * (out[mode]["step_s_median"] / plain - 1.0)
+    teacher = statistics.median(teacher_times)
+    out["live"]["teacher_forward_s_median"] = teacher
+    out["live"]["teacher_forward_pct_of_plain"] = 100.0 * teacher / plain
+    out["live"]["teacher_outputs"] = sorted(required)
     return out
 
 
@@ -488,7 +506,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         t = entry["time"]
         print(
             f"{kind}: plain {t['plain']['step_s_median'] * 1e3:.1f} ms, "
-            f"live {t['live']['step_s_median'] * 1e3:.1f} ms (+{t['live']['overhead_pct']:.1f} %), "
+            f"live {t['live']['step_s_median'] * 1e3:.1f} ms (+{t['live']['overhead_pct']:.1f} %; "
+            f"teacher forward alone {t['live']['teacher_forward_s_median'] * 1e3:.1f} ms = "
+            f"{t['live']['teacher_forward_pct_of_plain']:.1f} % of plain), "
             f"cache {t['cache']['step_s_median'] * 1e3:.1f} ms "
             f"(+{t['cache']['overhead_pct']:.1f} %)",
             flush=True,

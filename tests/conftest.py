@@ -8,6 +8,7 @@
   to share).
 * ``tiny_mlm_dir`` / ``tiny_mlm_spec``: a tiny ``RobertaForMaskedLM`` (hidden 32, 2 layers) with a
   byte-level BPE trained here, saved with ``save_pretrained``; spec ``"hf-mlm:<dir>"``.
+  ``make_tiny_mlm``: the builder, for one on other texts (the teachers' tests).
 * ``word_tokenizer``: :class:`~mad_distill.students.WordTokenizer` over :data:`CORPUS`.
 """
 
@@ -79,16 +80,16 @@ def tiny_clip(tiny_clip_spec: str):
     return create_teacher(tiny_clip_spec)
 
 
-@pytest.fixture(scope="session")
-def tiny_mlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def save_tiny_mlm(root: Path, corpus: list[str], vocab_size: int) -> Path:
+    """A tiny ``RobertaForMaskedLM`` (hidden 32, 2 layers, seed 0) with a byte-level BPE of
+    ``vocab_size`` trained on ``corpus``, saved with ``save_pretrained`` in ``root``."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
 
-    root = tmp_path_factory.mktemp("tiny_mlm")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        CORPUS * 4,
-        vocab_size=300,
+        corpus,
+        vocab_size=vocab_size,
         min_frequency=1,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
     )
@@ -112,6 +113,17 @@ def tiny_mlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     RobertaForMaskedLM(cfg).save_pretrained(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def make_tiny_mlm():
+    """``make(root, corpus, vocab_size) -> root``: another tiny MLM (e.g. on other texts)."""
+    return save_tiny_mlm
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_mlm(tmp_path_factory.mktemp("tiny_mlm"), CORPUS * 4, vocab_size=300)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,15 @@ def _check_labels(labels: Tensor, b: int, name: str) -> Tensor:
     return labels
 
 
+def _correct(preds: Tensor, labels: Tensor | None, problem: str) -> Tensor:
+    """``[B]`` bool: which of ``{problem}_preds`` match ``{problem}_labels``."""
+    if labels is None:
+        raise ValueError(f"{problem}_labels are required with {problem}_preds")
+    p = _choice(preds, f"{problem}_preds")
+    lab = _check_labels(labels, p.shape[0], f"{problem}_labels")
+    return p.long() == lab.long()
+
+
 def _vcr_accuracy_update(
     answer_preds: Tensor | None,
     answer_labels: Tensor | None,
@@ -48,18 +57,10 @@ def _vcr_accuracy_update(
     out = torch.zeros(6, dtype=torch.float64)
     a_ok = r_ok = None
     if answer_preds is not None:
-        if answer_labels is None:
-            raise ValueError("answer_labels are required with answer_preds")
-        ap = _choice(answer_preds, "answer_preds")
-        al = _check_labels(answer_labels, ap.shape[0], "answer_labels")
-        a_ok = ap.long() == al.long()
+        a_ok = _correct(answer_preds, answer_labels, "answer")
         out[0], out[1] = a_ok.sum(), a_ok.numel()
     if rationale_preds is not None:
-        if rationale_labels is None:
-            raise ValueError("rationale_labels are required with rationale_preds")
-        rp = _choice(rationale_preds, "rationale_preds")
-        rl = _check_labels(rationale_labels, rp.shape[0], "rationale_labels")
-        r_ok = rp.long() == rl.long()
+        r_ok = _correct(rationale_preds, rationale_labels, "rationale")
         out[2], out[3] = r_ok.sum(), r_ok.numel()
     if a_ok is not None and r_ok is not None:
         if a_ok.shape != r_ok.shape:

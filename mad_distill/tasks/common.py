@@ -159,6 +159,23 @@ class TaskModule(MADMixin, L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: Any, metric: Any, prefix: str) -> None:
+        """Log ``{prefix}/task_loss`` and update ``metric`` on one validation / test batch."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metric, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metric, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
     # ------------------------------------------------------------------ metrics
     def _log_metric(self, metric: Any, prefix: str) -> None:
         if not metric.update_called:  # e.g. a test split without labels

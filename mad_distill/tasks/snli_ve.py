@@ -41,29 +41,9 @@ class SNLIVEDataModule(TaskDataModule):
         val: str | None = None,
         test: str | None = None,
         image_pattern: str = "{image_id}.jpg",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        fraction: float = 1.0,
-        seed: int = 0,
-        stratify: bool = True,
-        domain: dict[str, Any] | None = None,
-        on_error: str = "raise",
-        check_images: bool = True,
-        manifest_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            fraction=fraction,
-            seed=seed,
-            stratify=stratify,
-            domain=domain,
-            on_error=on_error,
-            check_images=check_images,
-            manifest_dir=manifest_dir,
-        )
+        super().__init__(**kwargs)
         self.files = {"train": _path(train), "val": _path(val), "test": _path(test)}
         self.image_dir = _path(image_dir)
         self.image_pattern = image_pattern
@@ -107,15 +87,3 @@ class SNLIVEModule(TaskModule):
             loss = self.task_loss(tokens.logits, batch)
             self.log(f"{prefix}/task_loss", loss, batch_size=len(batch), sync_dist=True)
             metric.update(tokens.logits, batch.labels)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metric, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metric(self.val_metric, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metric, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metric(self.test_metric, "test")

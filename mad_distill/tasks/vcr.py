@@ -80,28 +80,9 @@ class VCRDataModule(TaskDataModule):
         load_boxes: bool = False,
         candidate_template: str = "{choice}",
         batch_size: int = 16,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        fraction: float = 1.0,
-        seed: int = 0,
-        stratify: bool = True,
-        domain: dict[str, Any] | None = None,
-        on_error: str = "raise",
-        check_images: bool = True,
-        manifest_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            fraction=fraction,
-            seed=seed,
-            stratify=stratify,
-            domain=domain,
-            on_error=on_error,
-            check_images=check_images,
-            manifest_dir=manifest_dir,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         tasks = list(_TASKS) if tasks is None else list(tasks)
         bad = [t for t in tasks if t not in _TASKS]
         if not tasks or bad or len(set(tasks)) != len(tasks):
@@ -172,15 +153,3 @@ class VCRModule(TaskModule):
         loss = (self.task_loss(a_logits, qa) + self.task_loss(r_logits, qr)) / 2
         self.log(f"{prefix}/task_loss", loss, batch_size=len(qa), sync_dist=True)
         metric.update(a_logits, qa.labels, r_logits, qr.labels)
-
-    def validation_step(self, batch: tuple[Any, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metric, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metric(self.val_metric, "val")
-
-    def test_step(self, batch: tuple[Any, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metric, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metric(self.test_metric, "test")

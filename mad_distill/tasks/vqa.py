@@ -60,29 +60,9 @@ class VQADataModule(TaskDataModule):
         vocab_source: str = "multiple_choice_answer",
         prompt_template: str = "a photo of {answer}.",
         image_pattern: str = "COCO_{subtype}_{image_id:012d}.jpg",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        fraction: float = 1.0,
-        seed: int = 0,
-        stratify: bool = True,
-        domain: dict[str, Any] | None = None,
-        on_error: str = "raise",
-        check_images: bool = True,
-        manifest_dir: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            fraction=fraction,
-            seed=seed,
-            stratify=stratify,
-            domain=domain,
-            on_error=on_error,
-            check_images=check_images,
-            manifest_dir=manifest_dir,
-        )
+        super().__init__(**kwargs)
         if (val_questions is None) != (val_images is None):
             raise ValueError("give both val_questions and val_images, or neither")
         if (test_questions is None) != (test_images is None):
@@ -178,15 +158,3 @@ class VQAModule(TaskModule):
         answers = [m["answers"] for m in batch.meta]
         if all(a is not None for a in answers):
             metric.update(tokens.logits, answers, [m["answer_type"] for m in batch.meta])
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metric, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metric(self.val_metric, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metric, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metric(self.test_metric, "test")

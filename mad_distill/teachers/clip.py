@@ -24,6 +24,7 @@ What is computed, and why:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections import OrderedDict
@@ -60,6 +61,9 @@ class _TextParts:
     has_cls_emb: bool
     context_length: int
     width: int
+    owner: nn.Module  # the module holding token_embedding, positional_embedding, transformer
+    # why the tower must run over the full context (None: running on a prefix is exact)
+    no_prefix_reason: str | None = None
 
 
 def _text_parts(model: nn.Module) -> _TextParts:
@@ -67,7 +71,7 @@ def _text_parts(model: nn.Module) -> _TextParts:
 
     text = getattr(model, "text", None)
     if isinstance(text, TextTransformer):
-        return _TextParts(
+        parts = _TextParts(
             resblocks=text.transformer.resblocks,
             batch_first=getattr(text.transformer, "batch_first", True),
             ln_final=text.ln_final,
@@ -77,9 +81,12 @@ def _text_parts(model: nn.Module) -> _TextParts:
             has_cls_emb=text.cls_emb is not None,
             context_length=text.context_length,
             width=text.width,
+            owner=text,
         )
+        parts.no_prefix_reason = _no_prefix_reason(model, parts)
+        return parts
     if text is None and hasattr(model, "token_embedding") and hasattr(model, "transformer"):
-        return _TextParts(
+        parts = _TextParts(
             resblocks=model.transformer.resblocks,
             batch_first=getattr(model.transformer, "batch_first", True),
             ln_final=model.ln_final,
@@ -89,12 +96,85 @@ def _text_parts(model: nn.Module) -> _TextParts:
             has_cls_emb=False,
             context_length=model.context_length,
             width=model.transformer.width,
+            owner=model,
         )
+        parts.no_prefix_reason = _no_prefix_reason(model, parts)
+        return parts
     raise NotImplementedError(
         f"OpenCLIPTeacher supports open_clip's own TextTransformer text towers; this model's text "
         f"tower is {type(text).__name__ if text is not None else type(model).__name__} "
         f"(e.g. an HF text encoder), whose token features are not wired up yet"
     )
+
+
+def _no_prefix_reason(model: nn.Module, parts: _TextParts) -> str | None:
+    """Why the text tower must run over the full context, or ``None`` if a prefix is exact.
+
+    Running open_clip's text tower on ``ids[:, :n]`` instead of all ``context_length`` positions
+    gives the same outputs at positions ``< n`` when every step is either per token (embedding,
+    absolute positional embedding, LayerNorm, MLP, projection) or attention under a causal mask
+    (position ``i`` reads only positions ``<= i``), and the pooled position is ``< n``. This is
+    the case for open_clip 3.x's ``CLIP.encode_text`` / ``TextTransformer.forward`` with the
+    default causal mask and ``argmax`` / ``eos`` / ``first`` pooling; anything else (checked
+    here) runs the full context, as open_clip does. The outputs are equal up to float rounding:
+    softmax and matmul sums over fewer (masked, zero-weight) keys are added in another order
+    (measured: ~1e-7 relative on the pooled embedding).
+    """
+    from open_clip.model import CLIP, CustomTextCLIP
+    from open_clip.transformer import (
+        CustomResidualAttentionBlock,
+        ResidualAttentionBlock,
+        TextTransformer,
+        Transformer,
+    )
+
+    owner = parts.owner
+    if isinstance(owner, TextTransformer):
+        # the forward we re-implement must be open_clip's own (subclasses may change it)
+        if type(model).encode_text is not CustomTextCLIP.encode_text:
+            return f"{type(model).__name__}.encode_text is not open_clip's"
+        if type(owner).forward is not TextTransformer.forward or (
+            type(owner)._embeds is not TextTransformer._embeds
+        ):
+            return f"{type(owner).__name__} overrides TextTransformer's forward"
+        if owner.use_pad_mask:  # a padding mask: outputs depend on the padding
+            return "the text tower masks padding tokens"
+    elif type(model).encode_text is not CLIP.encode_text:
+        return f"{type(model).__name__}.encode_text is not open_clip's"
+    if parts.has_cls_emb:
+        # CoCa appends a class token after the last position: it moves with the length
+        return "the text tower appends a class token"
+    if parts.pool_type not in ("argmax", "eos", "first"):
+        # 'last' pools position context_length - 1, 'none' returns every position
+        return f"pool_type {parts.pool_type!r} depends on the context length"
+    transformer = getattr(owner, "transformer", None)
+    if type(transformer) is not Transformer:
+        return f"text transformer is {type(transformer).__name__}, not open_clip's Transformer"
+    if not all(
+        type(b) in (ResidualAttentionBlock, CustomResidualAttentionBlock)
+        for b in transformer.resblocks
+    ):
+        return "the text tower has custom attention blocks"
+    pos = getattr(owner, "positional_embedding", None)
+    if not isinstance(pos, Tensor) or pos.dim() != 2:
+        return "the text tower has no absolute positional embedding table"
+    mask = getattr(owner, "attn_mask", None)
+    if mask is None:  # bidirectional: every position reads the padding
+        return "the text tower has no causal mask (bidirectional attention)"
+    n = parts.context_length
+    if (
+        not isinstance(mask, Tensor)
+        or mask.dim() != 2
+        or mask.shape[0] < n
+        or mask.shape[1] < n
+        or mask.dtype == torch.bool
+    ):
+        return "the text tower's attn_mask is not an additive [L, L] mask"
+    mask = mask[:n, :n].float()
+    upper = torch.ones(n, n, dtype=torch.bool, device=mask.device).triu(1)
+    if not (bool(torch.isneginf(mask[upper]).all()) and bool((mask[~upper] == 0).all())):
+        return "the text tower's attn_mask is not causal"
+    return None
 
 
 def _project(x: Tensor, projection: Any) -> Tensor:
@@ -194,9 +274,9 @@ def _pool_positions(ids: Tensor, pool_type: str, eos_id: int | None, has_cls: bo
 # ---- word ids for open_clip tokenizers ------------------------------------------------------
 
 
-def _simple_pieces(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """``tok.encode(text)`` with each piece's character span in the *cleaned* text."""
-    clean = tok.clean_fn(text)
+def _simple_pieces(tok: Any, clean: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """``tok.encode(text)`` with each piece's character span, for ``clean = tok.clean_fn(text)``
+    (the cleaning is the caller's, so it runs once per text)."""
     ids: list[int] = []
     offsets: list[tuple[int, int]] = []
     for m in tok.pat.finditer(clean):
@@ -228,13 +308,13 @@ def simple_tokenizer_word_ids(tok: Any, text: str) -> tuple[list[int], list[int]
         ``(ids, word_ids)`` without start/end tokens.
     """
     words = split_words(text)
-    ids, offsets = _simple_pieces(tok, text)
     clean = tok.clean_fn(text)
     clean_words = split_words(clean)
     same = len(clean_words) == len(words) and all(
         clean[a:b].lower() == text[c:d].lower() for (a, b), (c, d) in zip(clean_words, words)
     )
     if same:
+        ids, offsets = _simple_pieces(tok, clean)
         return ids, word_ids_from_offsets(offsets, clean_words)
     ids, wids = [], []
     for i, (s, e) in enumerate(words):
@@ -435,19 +515,22 @@ class OpenCLIPTeacher(Teacher):
                 raise NotImplementedError(
                     "word ids for SimpleTokenizer with a reduction_mask are not supported"
                 )
-            ids = torch.zeros(len(texts), ctx, dtype=torch.long)
-            wids = torch.full((len(texts), ctx), -1, dtype=torch.long)
-            mask = torch.zeros(len(texts), ctx, dtype=torch.bool)
-            for i, text in enumerate(texts):
+            rows, rows_w, lengths = [], [], []
+            for text in texts:
                 pieces, words = simple_tokenizer_word_ids(tok, text)
                 row = [tok.sot_token_id, *pieces, tok.eot_token_id]
                 row_w = [-1, *words, -1]
                 if len(row) > ctx:  # truncate like SimpleTokenizer.__call__
                     row, row_w = row[:ctx], row_w[:ctx]
                     row[-1], row_w[-1] = tok.eot_token_id, -1
-                ids[i, : len(row)] = torch.tensor(row)
-                wids[i, : len(row)] = torch.tensor(row_w)
-                mask[i, : len(row)] = True
+                pad = ctx - len(row)
+                rows.append(row + [0] * pad)
+                rows_w.append(row_w + [-1] * pad)
+                lengths.append(len(row))
+            # built as lists, one tensor each (per-row tensor writes cost more than the rows)
+            ids = torch.tensor(rows, dtype=torch.long).view(len(texts), ctx)
+            wids = torch.tensor(rows_w, dtype=torch.long).view(len(texts), ctx)
+            mask = torch.arange(ctx) < torch.tensor(lengths, dtype=torch.long).view(-1, 1)
             return ids, mask, wids
         return self._tokenize_hf(texts, ctx)
 
@@ -494,6 +577,65 @@ class OpenCLIPTeacher(Teacher):
             wids[i] = torch.tensor(word_ids_from_offsets(offsets, spans))
         return ids, enc["attention_mask"].bool(), wids
 
+    def _text_forward(
+        self, ids: Tensor, keep: int, capture: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """open_clip's ``encode_text(ids, normalize=True)``, on a prefix of the context if exact.
+
+        Args:
+            ids: ``[B, L]`` token ids on the CPU (as the tokenizer returns them).
+            keep: how many leading positions the caller reads besides the pooled one.
+            capture: also return the last block's input, ``ln_final`` outputs and mask.
+
+        Returns:
+            ``pooled [B, e]`` (L2-normalised); with ``capture``, ``tokens [B, n, width]``
+            (``ln_final`` outputs), the last block's input ``[B, n, width]`` and the mask it
+            got, where ``n >= keep`` is how many positions were run (``L`` on the fallback path).
+        """
+        parts = self._parts
+        if parts.no_prefix_reason is None:
+            # a causal tower's outputs at positions < n do not depend on positions >= n (see
+            # _no_prefix_reason), so the padding after the longest text need not be run; the
+            # pooled position is found on the CPU ids (no device sync)
+            pos = _pool_positions(ids, parts.pool_type, parts.eos_id, parts.has_cls_emb)
+            n = max(keep, int(pos.max()) + 1 if pos.numel() else 1, 1)
+            return self._prefix_forward(ids[:, : min(n, ids.shape[1])], capture)
+        # full context: open_clip's own encode_text, reasons in _no_prefix_reason
+        ids = ids.to(self.device)
+        if not capture:
+            return self.model.encode_text(ids, normalize=True), None, None, None
+        with _capture(parts.resblocks[-1]) as seen:
+            pooled = self.model.encode_text(ids, normalize=True)
+        x_in, x_out = seen["input"], seen["output"]
+        if not parts.batch_first:
+            x_in, x_out = x_in.transpose(0, 1), x_out.transpose(0, 1)
+        return pooled, parts.ln_final(x_out)[:, : ids.shape[1]], x_in, seen["attn_mask"]
+
+    def _prefix_forward(
+        self, ids: Tensor, capture: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """``CLIP.encode_text`` / ``TextTransformer.forward`` (open_clip 3.x) on ``ids [B, n]``
+        with the positional table and the causal mask cut to ``n``."""
+        from open_clip.transformer import text_global_pool
+
+        parts, owner = self._parts, self._parts.owner
+        ids = ids.to(self.device)
+        n = ids.shape[1]
+        cast_dtype = owner.transformer.get_cast_dtype()
+        x = owner.token_embedding(ids).to(cast_dtype)
+        x = x + owner.positional_embedding[:n].to(cast_dtype)
+        mask = owner.attn_mask[:n, :n]
+        seen: dict[str, Any] = {}
+        with _capture(parts.resblocks[-1]) if capture else contextlib.nullcontext(seen) as seen:
+            x = owner.transformer(x, attn_mask=mask)
+        x = parts.ln_final(x)
+        pooled = text_global_pool(x, ids, pool_type=parts.pool_type, eos_token_id=parts.eos_id)
+        pooled = F.normalize(_project(pooled, parts.projection), dim=-1)
+        if not capture:
+            return pooled, None, None, None
+        x_in = seen["input"] if parts.batch_first else seen["input"].transpose(0, 1)
+        return pooled, x, x_in, seen["attn_mask"]
+
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> TeacherTextOutput:
         """Encode ``texts`` with CLIP's text tower.
@@ -504,24 +646,22 @@ class OpenCLIPTeacher(Teacher):
             ``encode_text``, L2-normalised), ``tokens_joint [B, T, e]`` (not normalised) and
             ``attention [B, T]`` (last-layer attention of the pooled token, mean over heads;
             rows sum to 1 for causal towers). ``T`` is the longest valid length in the batch.
+
+        A causal text tower is run on the first ``T`` positions only (plus the pooled one, if
+        later), not the whole context: the outputs are the same up to float rounding (see
+        :func:`_no_prefix_reason`).
         """
         ids, mask, wids = self.tokenize(texts)
         parts = self._parts
         device = self.device
-        ids = ids.to(device)
+        t = max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1
+        pooled, feats, x_in, attn_mask = self._text_forward(ids, t, capture=True)
         block = parts.resblocks[-1]
-        with _capture(block) as seen:
-            pooled = self.model.encode_text(ids, normalize=True)
-        x_in, x_out = seen["input"], seen["output"]
-        if not parts.batch_first:
-            x_in, x_out = x_in.transpose(0, 1), x_out.transpose(0, 1)
-        length = ids.shape[1]
-        feats = parts.ln_final(x_out)[:, :length]
         attention = None
         if isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
             pos = _pool_positions(ids, parts.pool_type, parts.eos_id, parts.has_cls_emb)
-            attention = query_attention(block, x_in, pos, seen["attn_mask"])[:, :length]
-        t = max(int(mask.sum(dim=1).max()), 1) if mask.numel() else 1
+            attention = query_attention(block, x_in, pos.to(device), attn_mask)
+            attention = attention[:, : feats.shape[1]]
         return TeacherTextOutput(
             tokens=feats[:, :t],
             mask=mask[:, :t].to(device),
@@ -533,13 +673,14 @@ class OpenCLIPTeacher(Teacher):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
-        """``[C, e]`` L2-normalised text embeddings of ``prompts`` (open_clip ``encode_text``)."""
+        """``[C, e]`` L2-normalised text embeddings of ``prompts`` (open_clip ``encode_text``;
+        a causal tower runs only up to the longest prompt of each chunk)."""
         _check_texts(prompts, "prompts")
         out = []
         for i in range(0, len(prompts), _PROMPT_CHUNK):
             chunk = list(prompts[i : i + _PROMPT_CHUNK])
-            ids = self.tokenizer(chunk, context_length=self.context_length).to(self.device)
-            out.append(self.model.encode_text(ids, normalize=True))
+            ids = self.tokenizer(chunk, context_length=self.context_length)
+            out.append(self._text_forward(ids, keep=0)[0])
         return torch.cat(out)
 
     def _shared_prompts(self, prompts: Sequence[str]) -> Tensor:

@@ -100,11 +100,7 @@ def clip_teacher(tiny_clip: TinyClip):
 
 
 @pytest.fixture(scope="session")
-def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
-
-    root = tmp_path_factory.mktemp("roberta")
+def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory, make_tiny_mlm) -> Path:
     corpus = [
         "A man is riding a horse on the beach.",
         "Two dogs play with a red ball in the park!",
@@ -112,30 +108,4 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "The unbelievably long hyphenated-word tokenizes into pieces.",
         "Is there a person holding a surfboard near the water?",
     ] * 4
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(
-        corpus,
-        vocab_size=400,
-        min_frequency=1,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-    )
-    bpe.save_model(str(root))
-    tok = RobertaTokenizerFast(
-        vocab_file=str(root / "vocab.json"), merges_file=str(root / "merges.txt")
-    )
-    tok.model_max_length = 32
-    tok.save_pretrained(root)
-    torch.manual_seed(0)
-    cfg = RobertaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=40,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    RobertaForMaskedLM(cfg).save_pretrained(root)
-    return root
+    return make_tiny_mlm(tmp_path_factory.mktemp("roberta"), corpus, vocab_size=400)

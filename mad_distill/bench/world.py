@@ -1,0 +1,677 @@
+"""The embedded world's bench runner: finetune the built-in student on one task, fraction and seed.
+
+:func:`run_world` is the ``world`` dataset of :mod:`mad_distill.bench.harness`: it builds the
+low-shot training split of :class:`~mad_distill.data.world.datamodule.WorldDataModule`, finetunes
+a :class:`~mad_distill.students.BuiltinVLStudent` from scratch with a
+:class:`WorldTaskModule` (``MADMixin`` + ``LightningModule``) under one method (the baseline, or a
+partial :class:`~mad_distill.config.MADConfig`), and tests it on every test domain.
+
+The teachers are frozen, so their outputs on a training item never change: every method and seed
+of a bench reuses the same items, and :class:`TeacherFeatureStore` computes each item's teacher
+outputs once per process (keyed by ``MADBatch.keys``) and serves them through the mixin's
+:meth:`~mad_distill.mixin.MADMixin.mad_teacher_outputs` override point. This is what makes the
+demo fit in minutes on a laptop CPU; the result is identical to running the teachers every step.
+
+``bench.train`` options (all optional; defaults in :data:`TRAIN_DEFAULTS`): student size, epochs
+and step bounds, batch size, learning rate, pool / test sizes, teacher spec. Progress bars and
+threads are :data:`RUNTIME` options (:func:`set_runtime`): they do not change results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mad_distill.config import MADConfig
+from mad_distill.mixin import MADMixin, MADTeacherOutputs
+from mad_distill.students import BuiltinVLStudent
+from mad_distill.students.tokenizer import WordTokenizer
+from mad_distill.types import MADBatch, TeacherImageOutput, TeacherTextOutput
+
+#: defaults of ``bench.train`` for the world runner (our design, tuned in
+#: ``benchmarks/world_tuning.md``)
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "teacher": "world-clip",  # any create_teacher spec for the ``clip`` role
+    "text_teacher": None,  # optional ``text`` role spec (e.g. "hf:<MiniLM dir>")
+    "dim": 64,
+    "depth": 2,
+    "heads": 4,
+    "patch_size": 16,
+    "tap_layer": -1,
+    "dropout": 0.1,
+    "epochs": 20,
+    "min_steps": 150,
+    "max_steps": 3000,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_frac": 0.1,
+    "pool_size": 10_000,
+    "test_size": 1000,
+    "world_seed": 0,
+    "deterministic": True,
+}
+
+#: how runs are shown and scheduled, not what they compute: kept out of ``bench.train`` (and so
+#: out of the harness' run fingerprints), so a demo with progress bars resumes a quiet bench
+RUNTIME: dict[str, Any] = {"progress_bar": False, "threads": None}
+
+
+def set_runtime(progress_bar: bool | None = None, threads: int | None = None) -> None:
+    """Set :data:`RUNTIME` options (``None`` leaves one unchanged)."""
+    if progress_bar is not None:
+        RUNTIME["progress_bar"] = bool(progress_bar)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+        RUNTIME["threads"] = threads
+
+
+#: the harness' task names -> (world task, VCR mode)
+TASK_VARIANTS: dict[str, tuple[str, str]] = {
+    "vqa": ("vqa", "q2a"),
+    "snli_ve": ("snli_ve", "q2a"),
+    "vcr": ("vcr", "q2a"),
+    "vcr_qa2r": ("vcr", "qa2r"),
+}
+
+_log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- options
+def train_options(bench_train: Mapping[str, Any]) -> dict[str, Any]:
+    """``bench.train`` merged over :data:`TRAIN_DEFAULTS`; unknown keys raise ``ValueError``."""
+    unknown = sorted(set(bench_train) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"train: unknown option(s) {unknown} for the world runner; known: "
+            f"{sorted(TRAIN_DEFAULTS)}"
+        )
+    opts = {**TRAIN_DEFAULTS, **dict(bench_train)}
+    for name in (
+        "dim",
+        "depth",
+        "heads",
+        "patch_size",
+        "epochs",
+        "batch_size",
+        "pool_size",
+        "test_size",
+    ):
+        v = opts[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"train.{name} must be an int >= 1, got {v!r}")
+    for name in ("min_steps", "max_steps", "world_seed"):
+        v = opts[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"train.{name} must be an int >= 0, got {v!r}")
+    for name in ("lr", "weight_decay", "warmup_frac", "dropout"):
+        v = opts[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"train.{name} must be a finite number >= 0, got {v!r}")
+    if opts["lr"] <= 0:
+        raise ValueError(f"train.lr must be > 0, got {opts['lr']!r}")
+    if opts["warmup_frac"] >= 1:
+        raise ValueError(f"train.warmup_frac must be in [0, 1), got {opts['warmup_frac']!r}")
+    if not isinstance(opts["teacher"], str) or not opts["teacher"]:
+        raise ValueError(f"train.teacher must be a teacher spec string, got {opts['teacher']!r}")
+    return opts
+
+
+def mad_config_for(method_cfg: Mapping[str, Any], opts: Mapping[str, Any]) -> MADConfig:
+    """A bench method's partial MAD config completed with the runner's teachers."""
+    data = dict(method_cfg)
+    if "teachers" not in data:
+        teachers = {"clip": opts["teacher"]}
+        if opts.get("text_teacher"):
+            teachers["text"] = opts["text_teacher"]
+        data["teachers"] = teachers
+    return MADConfig.from_dict(data)
+
+
+def check_task(task: str) -> tuple[str, str]:
+    if task not in TASK_VARIANTS:
+        raise ValueError(f"task: unknown world task {task!r}; known: {sorted(TASK_VARIANTS)}")
+    return TASK_VARIANTS[task]
+
+
+# ----------------------------------------------------------------------------- data
+@lru_cache(maxsize=4)
+def world_tokenizer(world_seed: int = 0) -> WordTokenizer:
+    """The student's word vocabulary: every word of the world's task texts."""
+    from mad_distill.data.world.datamodule import world_vocabulary
+
+    return WordTokenizer.build(world_vocabulary(n_scenes=400, world_seed=world_seed))
+
+
+@lru_cache(maxsize=64)
+def _dataset(
+    task: str, domain: str, split: str, indices: tuple[int, ...], world_seed: int, vcr_mode: str
+):
+    from mad_distill.data.world.datamodule import WorldTaskDataset
+
+    # teacher images are made by the feature store (from the same rendered pixels), not per batch
+    return WorldTaskDataset(
+        task,
+        domain,
+        list(indices),
+        split=split,
+        world_seed=world_seed,
+        vcr_mode=vcr_mode,
+        teacher_images=False,
+    )
+
+
+@lru_cache(maxsize=64)
+def _train_indices(
+    task: str, fraction: float, seed: int, pool_size: int, world_seed: int, vcr_mode: str
+) -> tuple[int, ...]:
+    from mad_distill.data.world.datamodule import WorldDataModule
+
+    dm = WorldDataModule(
+        task,
+        fraction=fraction,
+        seed=seed,
+        pool_size=pool_size,
+        world_seed=world_seed,
+        vcr_mode=vcr_mode,
+        teacher_images=False,
+    )
+    return tuple(int(i) for i in dm.train_indices)
+
+
+def _loader(ds, batch_size: int, shuffle: bool, seed: int) -> torch.utils.data.DataLoader:
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, generator=gen, collate_fn=ds.collate
+    )
+
+
+# ----------------------------------------------------------------------------- teacher cache
+class TeacherFeatureStore:
+    """Per-item teacher outputs, computed once and served by ``MADBatch.keys``.
+
+    Holds, per key: CLIP image tokens / joint tokens / attention / pooled embedding, the CLIP text
+    tower's (and optionally the ``text`` teacher's) outputs on the item's text, and the zero-shot
+    class logits ``[C]`` (candidate logits reduced per class by
+    :func:`~mad_distill.data.world.zero_shot.group_logits`; classes without a candidate get a
+    large negative logit, so their teacher probability is 0 but every value stays finite).
+
+    Args:
+        teachers: role -> frozen teacher (``clip`` required, ``text`` optional).
+        num_classes: classes ``C`` of the student's task head.
+    """
+
+    def __init__(self, teachers: Mapping[str, torch.nn.Module], num_classes: int) -> None:
+        if "clip" not in teachers:
+            raise ValueError("TeacherFeatureStore needs a 'clip' teacher")
+        self.teachers = dict(teachers)
+        self.num_classes = num_classes
+        self._items: dict[str, dict[str, Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    @torch.no_grad()
+    def fill(self, dataset, batch_size: int = 128) -> None:
+        """Compute the outputs of every item of a ``WorldTaskDataset`` not stored yet."""
+        from mad_distill.data.world.zero_shot import group_logits, images_to_tensor
+
+        clip = self.teachers["clip"]
+        pp = getattr(clip.model.visual, "preprocess_cfg", {}) or {}
+        mean, std = pp.get("mean"), pp.get("std")
+        if mean is None or std is None:
+            from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+            mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        positions = list(range(len(dataset)))
+        for start in range(0, len(positions), batch_size):
+            pos = positions[start : start + batch_size]
+            batch = dataset.collate(pos)
+            mad = batch.mad
+            todo = [i for i, k in enumerate(mad.keys) if k not in self._items]
+            if not todo:
+                continue
+            raw = dataset.images(pos)
+            images = images_to_tensor(raw, mean, std).to(clip.device)
+            image = clip.encode_image(images)
+            texts = list(mad.texts)
+            clip_text = clip.encode_text(texts)
+            text = self.teachers["text"].encode_text(texts) if "text" in self.teachers else None
+            cand = clip.zero_shot_logits(image.pooled, mad.candidates).float().cpu()
+            groups = mad.extra["candidate_groups"]
+            cls = group_logits(cand, groups, self.num_classes)
+            floor = cand.min(dim=1, keepdim=True).values - 1e3
+            cls = torch.where(torch.isfinite(cls), cls, floor.expand_as(cls))
+            for i in todo:
+                item = {
+                    "img_tokens": image.tokens[i].cpu(),
+                    "img_pooled": image.pooled[i].float().cpu(),
+                    "zero_shot": cls[i],
+                }
+                if image.tokens_joint is not None:
+                    item["img_joint"] = image.tokens_joint[i].cpu()
+                if image.attention is not None:
+                    item["img_attention"] = image.attention[i].float().cpu()
+                item.update(_text_item("clip_text", clip_text, i))
+                if text is not None:
+                    item.update(_text_item("text", text, i))
+                self._items[mad.keys[i]] = item
+            self._grid = image.grid
+
+    def outputs(self, batch: MADBatch, required: frozenset[str], device) -> MADTeacherOutputs:
+        """The stored outputs of ``batch`` (every key must have been filled)."""
+        if batch.keys is None:
+            raise ValueError("MADBatch.keys is None: the feature store looks items up by key")
+        missing = [k for k in batch.keys if k not in self._items]
+        if missing:
+            raise KeyError(
+                f"teacher outputs not stored for {len(missing)} item(s), e.g. "
+                f"{missing[0]!r}; call TeacherFeatureStore.fill(dataset) first"
+            )
+        items = [self._items[k] for k in batch.keys]
+
+        def stack(name: str) -> Tensor | None:
+            if name not in items[0]:
+                return None
+            return torch.stack([it[name] for it in items]).to(device)
+
+        out = MADTeacherOutputs()
+        if "image" in required or "zero_shot" in required:
+            out.image = TeacherImageOutput(
+                tokens=stack("img_tokens"),
+                grid=self._grid,
+                pooled=stack("img_pooled"),
+                tokens_joint=stack("img_joint"),
+                attention=stack("img_attention"),
+            )
+        if "clip_text" in required:
+            out.clip_text = _text_batch("clip_text", items, device)
+        if "text" in required:
+            out.text = _text_batch("text", items, device)
+        if "zero_shot" in required:
+            out.zero_shot = stack("zero_shot")
+        return out
+
+
+def _text_item(prefix: str, out: TeacherTextOutput, i: int) -> dict[str, Tensor]:
+    n = int(out.mask[i].long().nonzero().max()) + 1 if bool(out.mask[i].any()) else 1
+    item = {
+        f"{prefix}/tokens": out.tokens[i, :n].cpu(),
+        f"{prefix}/mask": out.mask[i, :n].bool().cpu(),
+        f"{prefix}/word_ids": out.word_ids[i, :n].long().cpu(),
+        f"{prefix}/pooled": out.pooled[i].float().cpu(),
+    }
+    for name in ("tokens_joint", "attention", "mlm_logits"):
+        value = getattr(out, name)
+        if value is not None:
+            item[f"{prefix}/{name}"] = value[i, :n].cpu()
+    return item
+
+
+def _text_batch(prefix: str, items: Sequence[dict[str, Tensor]], device) -> TeacherTextOutput:
+    if f"{prefix}/tokens" not in items[0]:
+        raise KeyError(f"the feature store holds no {prefix!r} outputs")
+    width = max(it[f"{prefix}/tokens"].shape[0] for it in items)
+
+    def pad(name: str, value: float | int | bool) -> Tensor | None:
+        key = f"{prefix}/{name}"
+        if key not in items[0]:
+            return None
+        rows = []
+        for it in items:
+            t = it[key]
+            extra = width - t.shape[0]
+            if extra:
+                t = torch.cat([t, t.new_full((extra, *t.shape[1:]), value)])
+            rows.append(t)
+        return torch.stack(rows).to(device)
+
+    return TeacherTextOutput(
+        tokens=pad("tokens", 0.0),
+        mask=pad("mask", False),
+        word_ids=pad("word_ids", -1),
+        pooled=torch.stack([it[f"{prefix}/pooled"] for it in items]).to(device),
+        tokens_joint=pad("tokens_joint", 0.0),
+        attention=pad("attention", 0.0),
+        mlm_logits=pad("mlm_logits", 0.0),
+    )
+
+
+#: process-wide teachers and stores: every method and seed of a bench reuses them
+_TEACHERS: dict[tuple, dict[str, torch.nn.Module]] = {}
+_STORES: dict[tuple, TeacherFeatureStore] = {}
+
+
+def _teachers(clip_spec: str, text_spec: str | None) -> dict[str, torch.nn.Module]:
+    key = (clip_spec, text_spec)
+    if key not in _TEACHERS:
+        from mad_distill.teachers.factory import create_teacher
+
+        _register_world_teacher()
+        teachers = {"clip": create_teacher(clip_spec)}
+        if text_spec:
+            teachers["text"] = create_teacher(text_spec)
+        for t in teachers.values():
+            t.requires_grad_(False)
+            t.eval()
+        _TEACHERS[key] = teachers
+    return _TEACHERS[key]
+
+
+def _register_world_teacher() -> None:
+    """The ``world-clip`` alias and the ``MAD-World-CLIP`` open_clip architecture (so a spec
+    ``open_clip:MAD-World-CLIP@<file>`` of a self-pretrained teacher works too)."""
+    from mad_distill.data.world.pretrain import register_model_config
+    from mad_distill.data.world.teacher import register_world_teacher
+
+    register_model_config()
+    register_world_teacher()
+
+
+def clear_caches() -> None:
+    """Drop the process-wide teachers, feature stores and datasets (frees memory)."""
+    _TEACHERS.clear()
+    _STORES.clear()
+    _dataset.cache_clear()
+    _train_indices.cache_clear()
+
+
+# ----------------------------------------------------------------------------- the module
+class WorldTaskModule(MADMixin, L.LightningModule):
+    """The built-in student finetuned on one world task, with optional MAD.
+
+    Args:
+        task: ``vqa``, ``snli_ve`` or ``vcr`` (the world task).
+        vocab_size: student word vocabulary size.
+        num_classes: task classes (VQA answers, 3 SNLI-VE labels; 4 VCR choices).
+        mad: a :class:`MADConfig` (or dict) to distil, or ``None`` for the baseline.
+        teachers: built teachers to use instead of the config's specs (shared across runs).
+        store: a :class:`TeacherFeatureStore` serving the teachers' outputs by item key.
+        dim / depth / heads / patch_size / tap_layer / dropout: the student (64 px images).
+        lr / weight_decay / warmup_frac / total_steps: AdamW with linear warm-up, cosine decay.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        vocab_size: int,
+        num_classes: int,
+        mad: MADConfig | Mapping[str, Any] | None = None,
+        teachers: Mapping[str, torch.nn.Module] | None = None,
+        store: TeacherFeatureStore | None = None,
+        *,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        patch_size: int = 16,
+        tap_layer: int = -1,
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_frac: float = 0.1,
+        total_steps: int = 1000,
+        tokenizer: WordTokenizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.num_classes = num_classes
+        self.tokenizer = tokenizer
+        self.student = BuiltinVLStudent(
+            vocab_size,
+            num_classes=num_classes,
+            task="multiple_choice" if task == "vcr" else "classify",
+            image_size=64,
+            patch_size=patch_size,
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            dropout=dropout,
+            tap_layer=tap_layer,
+        )
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_frac, self.total_steps = warmup_frac, total_steps
+        self.store = store
+        self.distill = mad is not None
+        if mad is not None:
+            if isinstance(mad, Mapping):
+                mad = MADConfig.from_dict(mad)
+            if teachers is not None:
+                mad = MADConfig.from_dict({**mad.to_dict(), "teachers": dict(teachers)})
+            self.configure_mad(mad, student_dim=self.student.hidden_dim)
+        self._correct: dict[int, list[float]] = {}
+
+    # ---------------------------------------------------------------- MAD override point
+    def mad_teacher_outputs(self, batch: MADBatch, required: frozenset[str]) -> MADTeacherOutputs:
+        if self.store is not None:
+            return self.store.outputs(batch, required, self.device)
+        return super().mad_teacher_outputs(batch, required)
+
+    # ---------------------------------------------------------------- forward
+    def _inputs(self, batch) -> dict[str, Tensor]:
+        tok = self.tokenizer
+        images = (batch.images - 0.5) / 0.25
+        if self.task == "vcr":
+            b, k = len(batch.texts), len(batch.choices[0])
+            flat_t = [t for t in batch.texts for _ in range(k)]
+            flat_c = [c for cs in batch.choices for c in cs]
+            # the student reads "text choice" as one segment so its word ids index
+            # split_words(text + " " + choice), the text the teachers read for the true choice
+            enc = tok([f"{t} {c}" for t, c in zip(flat_t, flat_c)], device=self.device)
+            enc = {n: v.view(b, k, -1) for n, v in enc.items()}
+            return {"images": images, **enc, "token_choice": batch.labels}
+        enc = tok(list(batch.texts), device=self.device)
+        return {"images": images, **enc}
+
+    def forward(self, batch):
+        return self.student(**self._inputs(batch))
+
+    def _task_loss(self, logits: Tensor, batch) -> Tensor:
+        if self.task == "vqa" and batch.answer_scores is not None:
+            # soft targets: the annotators' answer distribution (VQA v2 practice)
+            target = batch.answer_scores / batch.answer_scores.sum(1, keepdim=True).clamp(min=1e-6)
+            return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+        return F.cross_entropy(logits.float(), batch.labels)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        out = self(batch)
+        loss = self._task_loss(out.logits, batch)
+        self.log("task", loss, prog_bar=True, batch_size=len(batch))
+        if self.distill:
+            loss = loss + self.mad_loss(batch.mad, out.tokens)
+        return loss
+
+    def _score(self, logits: Tensor, batch) -> Tensor:
+        pred = logits.argmax(-1)
+        if self.task == "vqa" and batch.answer_scores is not None:
+            return batch.answer_scores.gather(1, pred.unsqueeze(1)).squeeze(1).float()
+        return (pred == batch.labels).float()
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        out = self(batch)
+        self._correct.setdefault(dataloader_idx, []).extend(self._score(out.logits, batch).tolist())
+
+    def accuracies(self) -> dict[int, float]:
+        """Accuracy in percent per test dataloader (VQA: mean soft score of the prediction)."""
+        return {i: 100.0 * float(np.mean(v)) for i, v in self._correct.items()}
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        other = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.weight_decay},
+                {"params": other, "weight_decay": 0.0},
+            ],
+            lr=self.lr,
+        )
+        total = max(1, self.total_steps)
+        warm = int(self.warmup_frac * total)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# ----------------------------------------------------------------------------- the runner
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep Lightning's per-fit chatter (GPU/TPU banners, worker hints) out of the logs."""
+    names = ("lightning.pytorch", "lightning.fabric", "lightning")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*deterministic.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+        try:
+            yield
+        finally:
+            for lg, lvl in zip(loggers, levels):
+                lg.setLevel(lvl)
+
+
+def run_world(run, bench) -> dict:
+    """Finetune and test one run of a bench on the embedded world.
+
+    Args:
+        run: the :class:`~mad_distill.bench.harness.RunSpec` (task, method, fraction, seed).
+        bench: the :class:`~mad_distill.bench.harness.BenchConfig` (domains, methods, train).
+
+    Returns:
+        ``{"metrics": {test_domain: accuracy %}, "train_size", "steps", "teacher", ...}``.
+    """
+    from mad_distill.data.world.render import check_domain
+    from mad_distill.data.world.tasks import num_classes
+
+    world_task, vcr_mode = check_task(run.task)
+    check_domain(bench.train_domain)
+    for d in bench.test_domains:
+        check_domain(d)
+    opts = train_options(bench.train)
+    method_cfg = bench.methods[run.method]
+    if RUNTIME["threads"]:
+        torch.set_num_threads(int(RUNTIME["threads"]))
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    indices = _train_indices(
+        world_task,
+        float(run.fraction),
+        int(run.seed),
+        opts["pool_size"],
+        opts["world_seed"],
+        vcr_mode,
+    )
+    train_ds = _dataset(
+        world_task, bench.train_domain, "train", indices, opts["world_seed"], vcr_mode
+    )
+    test_idx = tuple(range(opts["test_size"]))
+    test_ds = [
+        _dataset(world_task, d, "test", test_idx, opts["world_seed"], vcr_mode)
+        for d in bench.test_domains
+    ]
+    n_cls = num_classes(world_task)
+    mad = teachers = store = None
+    if method_cfg is not None:
+        mad = mad_config_for(method_cfg, opts)
+        teachers = _teachers(opts["teacher"], opts.get("text_teacher"))
+        skey = (opts["teacher"], opts.get("text_teacher"), world_task, vcr_mode)
+        store = _STORES.get(skey)
+        if store is None:
+            store = _STORES[skey] = TeacherFeatureStore(teachers, n_cls)
+        store.fill(train_ds)
+    t_teacher = time.perf_counter() - t0
+
+    steps_per_epoch = math.ceil(len(train_ds) / opts["batch_size"])
+    total = min(max(opts["epochs"] * steps_per_epoch, opts["min_steps"]), opts["max_steps"])
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    module = WorldTaskModule(
+        world_task,
+        len(world_tokenizer(opts["world_seed"])),
+        n_cls,
+        mad=mad,
+        teachers=teachers,
+        store=store,
+        dim=opts["dim"],
+        depth=opts["depth"],
+        heads=opts["heads"],
+        patch_size=opts["patch_size"],
+        tap_layer=opts["tap_layer"],
+        dropout=opts["dropout"],
+        lr=opts["lr"],
+        weight_decay=opts["weight_decay"],
+        warmup_frac=opts["warmup_frac"],
+        total_steps=total,
+        tokenizer=world_tokenizer(opts["world_seed"]),
+    )
+    with _quiet():
+        trainer = L.Trainer(
+            max_steps=total,
+            max_epochs=-1,
+            accelerator="cpu",
+            devices=1,
+            deterministic=bool(opts["deterministic"]),
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=bool(RUNTIME["progress_bar"]),
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        trainer.fit(module, train_dataloaders=_loader(train_ds, opts["batch_size"], True, run.seed))
+        t_fit = time.perf_counter() - t0 - t_teacher
+        trainer.test(
+            module,
+            dataloaders=[_loader(ds, 256, False, 0) for ds in test_ds],
+            verbose=False,
+        )
+    acc = module.accuracies()
+    return {
+        "metrics": {d: round(acc[i], 3) for i, d in enumerate(bench.test_domains)},
+        "train_size": len(train_ds),
+        "steps": total,
+        "teacher": opts["teacher"] if mad is not None else None,
+        "mad_config": mad.to_dict(serializable=True) if mad is not None else None,
+        "timing": {
+            "teacher_s": round(t_teacher, 2),
+            "fit_s": round(t_fit, 2),
+            "test_s": round(time.perf_counter() - t0 - t_teacher - t_fit, 2),
+            # CPU seconds of this process: the wall time on an otherwise idle machine
+            "cpu_s": round(time.process_time() - cpu0, 2),
+        },
+    }
+
+
+__all__ = [
+    "TASK_VARIANTS",
+    "TRAIN_DEFAULTS",
+    "TeacherFeatureStore",
+    "WorldTaskModule",
+    "clear_caches",
+    "mad_config_for",
+    "run_world",
+    "set_runtime",
+    "train_options",
+    "world_tokenizer",
+]

@@ -1,0 +1,141 @@
+"""The world runner: options, teacher-feature store, determinism and resume with the real runner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mad_distill.bench import harness
+from mad_distill.bench.harness import BenchConfig, RunSpec
+from mad_distill.bench.world import (
+    TeacherFeatureStore,
+    WorldTaskModule,
+    _dataset,
+    _teachers,
+    mad_config_for,
+    run_world,
+    train_options,
+    world_tokenizer,
+)
+
+TINY = {
+    "dim": 32,
+    "depth": 1,
+    "heads": 2,
+    "epochs": 1,
+    "min_steps": 2,
+    "max_steps": 2,
+    "test_size": 16,
+    "batch_size": 8,
+}
+
+
+def _bench(tmp_path, spec, **kw) -> BenchConfig:
+    args = dict(
+        tasks=["snli_ve"],
+        fractions=[0.002],
+        seeds=[0],
+        methods={"baseline": None, "MAD": {"select": {"ratio": 0.3}}},
+        train={**TINY, "teacher": spec, "pool_size": 2000},
+        out_dir=str(tmp_path / "out"),
+    )
+    args.update(kw)
+    return BenchConfig(**args)
+
+
+def test_train_options_reject_bad_values():
+    with pytest.raises(ValueError, match="unknown option.*epoch"):
+        train_options({"epoch": 3})
+    with pytest.raises(ValueError, match="train.lr"):
+        train_options({"lr": 0})
+    with pytest.raises(ValueError, match="train.batch_size"):
+        train_options({"batch_size": 0})
+    assert train_options({})["teacher"] == "world-clip"
+
+
+def test_unknown_task_and_domain_are_named(tmp_path, world_clip_spec):
+    bench = _bench(tmp_path, world_clip_spec, tasks=["gqa"])
+    with pytest.raises(ValueError, match="gqa"):
+        run_world(RunSpec("gqa", "baseline", 0.002, 0), bench)
+    bench = _bench(tmp_path, world_clip_spec, test_domains=["sketch"])
+    with pytest.raises(ValueError, match="sketch"):
+        run_world(RunSpec("snli_ve", "baseline", 0.002, 0), bench)
+
+
+@pytest.mark.parametrize("task", ["vqa", "vcr"])
+def test_store_serves_what_the_teachers_compute(world_clip_spec, task):
+    """The cache must give the mixin exactly what running the teachers on the batch gives."""
+    from mad_distill.data.world.datamodule import WorldTaskDataset
+    from mad_distill.data.world.tasks import num_classes
+    from mad_distill.data.world.zero_shot import group_logits
+
+    teachers = _teachers(world_clip_spec, None)
+    store = TeacherFeatureStore(teachers, num_classes(task))
+    ds = _dataset(task, "flat", "train", (3, 5, 8, 13), 0, "q2a")
+    store.fill(ds)
+    # the mixin's own path, on a dataset that carries teacher images (open_clip's transform)
+    with_images = WorldTaskDataset(task, "flat", [3, 5, 8, 13], split="train")
+    batch = with_images.collate([0, 1, 2, 3])
+    module = WorldTaskModule(
+        task,
+        len(world_tokenizer()),
+        num_classes(task),
+        mad=mad_config_for({}, {"teacher": world_clip_spec}),
+        teachers=teachers,
+        dim=32,
+        depth=1,
+        heads=2,
+        tokenizer=world_tokenizer(),
+    )
+    need = module.mad_required_outputs()
+    direct = super(WorldTaskModule, module).mad_teacher_outputs(batch.mad, need)
+    cached = store.outputs(batch.mad, need, torch.device("cpu"))
+    torch.testing.assert_close(cached.image.tokens, direct.image.tokens, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached.image.pooled, direct.image.pooled, atol=1e-4, rtol=1e-4)
+    n = direct.clip_text.tokens.shape[1]
+    assert cached.clip_text.tokens.shape[1] <= n
+    m = cached.clip_text.tokens.shape[1]
+    valid = cached.clip_text.mask
+    torch.testing.assert_close(valid, direct.clip_text.mask[:, :m].bool())
+    assert not direct.clip_text.mask[:, m:].any()
+    torch.testing.assert_close(
+        cached.clip_text.tokens[valid], direct.clip_text.tokens[:, :m][valid]
+    )
+    torch.testing.assert_close(
+        cached.clip_text.word_ids[valid], direct.clip_text.word_ids[:, :m][valid].long()
+    )
+    groups = batch.mad.extra["candidate_groups"]
+    want = group_logits(direct.zero_shot, groups, num_classes(task))
+    finite = torch.isfinite(want)
+    torch.testing.assert_close(cached.zero_shot[finite], want[finite], atol=1e-3, rtol=1e-4)
+    assert bool(torch.isfinite(cached.zero_shot).all())
+    assert (cached.zero_shot[~finite] < want[finite].min() - 100).all()
+
+
+def test_run_is_deterministic_and_resume_skips_finished_runs(tmp_path, world_clip_spec):
+    bench = _bench(tmp_path, world_clip_spec)
+    lines: list[str] = []
+    first = harness.run_bench(bench, log=lines.append)
+    assert [r["key"] for r in first] == [
+        "snli_ve/baseline/frac0.002/seed0",
+        "snli_ve/MAD/frac0.002/seed0",
+    ]
+    for r in first:
+        assert set(r["metrics"]) == {"flat", "textured"}
+        assert all(0.0 <= v <= 100.0 for v in r["metrics"].values())
+        assert r["train_size"] == 4
+    assert first[1]["mad_config"]["teachers"]["clip"] == world_clip_spec
+    # resume: the real runner is not called again, the stored results come back
+    calls: list = []
+
+    def spy(run, b):
+        calls.append(run.key)
+        return run_world(run, b)
+
+    lines.clear()
+    again = harness.run_bench(bench, runner=spy, log=lines.append)
+    assert calls == [] and all("skipped" in line for line in lines)
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
+    # same run again from scratch: identical numbers (seeded, deterministic)
+    rerun = run_world(RunSpec("snli_ve", "MAD", 0.002, 0), bench)
+    assert rerun["metrics"] == first[1]["metrics"]
