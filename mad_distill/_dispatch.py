@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -15,18 +14,6 @@ from typing import Any
 from torch import Tensor
 
 BACKENDS = ("auto", "triton", "reference")
-
-
-@functools.cache
-def triton_available() -> bool:
-    """True when ``triton`` can be imported (checked once; importing it is slow)."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    try:
-        import triton  # noqa: F401
-    except Exception:  # a broken install is the same as none for dispatch purposes
-        return False
-    return True
 
 
 def resolve_backend(backend: str, *tensors: Tensor | None) -> str:
@@ -37,7 +24,13 @@ def resolve_backend(backend: str, *tensors: Tensor | None) -> str:
     if backend != "auto":
         return backend
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
-    return "triton" if on_cuda and triton_available() else "reference"
+    if not on_cuda:
+        return "reference"
+    # ops owns the triton check; imported here, not at module level, because loading
+    # mad_distill.ops imports triton (slow) and CPU-only use should not pay for it
+    from mad_distill.ops._utils import triton_available
+
+    return "triton" if triton_available() else "reference"
 
 
 @functools.cache
