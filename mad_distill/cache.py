@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mad_distill._io import atomic_write, fsync_dir
 from mad_distill.types import MADBatch, TeacherImageOutput, TeacherTextOutput
 
 __all__ = [
@@ -205,33 +205,6 @@ def _row_hash(text: str, candidates: Sequence[str] | None) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # atomic files
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` then fsync + rename onto ``path``: readers see all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -276,7 +249,7 @@ class _ShardWriter:
                 tensors[name] = torch.stack(values).contiguous()
         path = self.directory / _SHARD_FMT.format(len(self.shards))
         keys = [k for k, _, _ in self.rows]
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "mad-cache"}))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "mad-cache"}))
         self.shards.append(
             {"file": path.name, "rows": len(keys), "sha256": _sha256_file(path), "keys": keys}
         )
@@ -454,7 +427,7 @@ def build_cache(
             )
         # the index goes first: from here on the old cache is invalid, never half-valid
         index_path.unlink(missing_ok=True)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         for p in [*directory.glob("shard-*.safetensors"), *directory.glob(".*.tmp")]:
             p.unlink()  # temporary files of a killed build too
     directory.mkdir(parents=True, exist_ok=True)
@@ -553,7 +526,7 @@ def build_cache(
         "rows": n,
         "shards": writer.shards,
     }
-    _atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
+    atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
     return TeacherCache(
         directory, dataset=dataset, split=split, teachers=holder, preprocessing=record
     )

@@ -28,7 +28,6 @@ import importlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mad_distill._io import atomic_write_text
 
 #: dataset name -> "module:function" of its runner; a runner trains and evaluates one run:
 #: ``runner(run: RunSpec, bench: BenchConfig) -> dict`` returning at least
@@ -156,19 +157,7 @@ def run_fingerprint(run: RunSpec, bench: BenchConfig) -> str:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON so a crash never leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _resolve_runner(name: str) -> Callable[..., dict]:
@@ -344,10 +333,7 @@ def write_report(results: Sequence[dict], bench: BenchConfig) -> dict:
     agg = aggregate(results, bench)
     methods = list(bench.methods)
     md = markdown_table(agg, methods)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".table.md.tmp"
-    tmp.write_text(md)
-    os.replace(tmp, out_dir / "table.md")
+    atomic_write_text(out_dir / "table.md", md)
     write_json_atomic(out_dir / "table.json", agg)
     plot(agg, methods, out_dir / "plot.png")
     return {"aggregate": agg, "markdown": md}

@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, BartForConditionalGeneration
 
+from mad_distill._io import atomic_write_text
 from mad_distill.vlkd.module import CLIPLikeTeacher, VLKDBatch, VLKDConfig, VLKDModule
 from mad_distill.vlkd.objectives import OBJECTIVES, image_conditioned_infilling, span_mask
 from mad_distill.vlkd.plm import build_bart, train_bpe_tokenizer
@@ -571,9 +572,7 @@ def _write(result: dict[str, Any], out: Path) -> None:
         ("vlkd.json", json.dumps(result, indent=2, default=str)),
         ("vlkd.md", markdown(result)),
     ):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)  # atomic: never a half-written table
+        atomic_write_text(out / name, text)  # never a half-written table
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from mad_distill._io import atomic_write_text
 
 _ASSETS = Path(__file__).resolve().parents[2] / "teachers" / "assets"
 #: the shipped weights and their checksum record
@@ -42,17 +43,7 @@ def write_checksum(weights: str | os.PathLike, record: dict[str, Any]) -> Path:
     record = dict(record)
     record["file"] = Path(weights).name
     record.pop("path", None)  # machine-specific
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out
 
 
