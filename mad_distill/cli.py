@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mad_distill.data.world.pretrain",
         "pretrain the embedded world's CLIP teacher contrastively (deterministic)",
     ),
+    "pretrain-student": (
+        "mad_distill.data.world.student_pretrain",
+        "VL-pretrain the built-in student on the embedded world (ITM + MLM, deterministic)",
+    ),
     "cache": (
         "mad_distill.cache",
         "precompute teacher features for a dataset split into safetensors shards",

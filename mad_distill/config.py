@@ -22,7 +22,7 @@ from typing import Any
 
 SCORE_SOURCES = ("relevance", "attention", "discrepancy", "given")
 MODALITIES = ("image", "text")
-WEIGHT_MODES = ("gt_prob", "entropy", "correct", "uniform")
+WEIGHT_MODES = ("gt_prob", "entropy", "correct", "uniform", "gain")
 FEATURE_LOSSES = ("cosine", "mse", "smooth_l1")
 PROJECTORS = ("linear", "mlp")
 SCHEDULES = ("constant", "linear_warmup", "cosine")
@@ -231,7 +231,9 @@ class WeightConfig(_Part):
 
     Args:
         mode: ``gt_prob`` (``p_t(y)^gamma``), ``entropy`` (``(1 - H(p_t)/log C)^gamma``),
-            ``correct`` (``1[argmax p_t = y]``) or ``uniform``.
+            ``correct`` (``1[argmax p_t = y]``), ``uniform``, or ``gain``
+            (``max(p_t(y) - p_s(y), 0)^gamma`` with the student's own detached probability
+            ``p_s``; absolute, not normalised to batch mean 1).
         gamma: sharpness exponent for ``gt_prob`` and ``entropy``, ``>= 0``.
     """
 

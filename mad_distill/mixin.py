@@ -298,7 +298,7 @@ class MADMixin:
         device = student.hidden.device
         teach = self.mad_teacher_outputs(batch, self.mad_required_outputs())
 
-        weights = self._mad_weights(batch, teach, b, device)
+        weights = self._mad_weights(batch, teach, b, device, student.logits)
         backend = cfg.kernels
         zero = student.hidden.new_zeros((), dtype=torch.float32)
         feat, kl = zero, zero
@@ -364,7 +364,12 @@ class MADMixin:
         return lambda_at(schedule, step, total)
 
     def _mad_weights(
-        self, batch: MADBatch, teach: MADTeacherOutputs, b: int, device: torch.device
+        self,
+        batch: MADBatch,
+        teach: MADTeacherOutputs,
+        b: int,
+        device: torch.device,
+        student_logits: Tensor | None = None,
     ) -> Tensor:
         cfg = self.mad_config
         if cfg.weight.mode == "uniform":
@@ -376,6 +381,7 @@ class MADMixin:
             mode=cfg.weight.mode,
             gamma=cfg.weight.gamma,
             all_reduce=_all_reduce_sum(),
+            student_logits=student_logits if cfg.weight.mode == "gain" else None,
         )
         return w.to(device)
 

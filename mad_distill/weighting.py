@@ -7,15 +7,20 @@ the formulas are our design (DESIGN.md section 1). With ``p_t = softmax(teacher_
   and sure;
 - ``entropy``: ``w_b = (1 - H(p_t) / log C) ** gamma`` -- no labels needed (``C = 1``: ``w = 1``);
 - ``correct``: ``w_b = 1[argmax p_t = y_b]``;
-- ``uniform``: ``w_b = 1`` (ablation baseline).
+- ``uniform``: ``w_b = 1`` (ablation baseline);
+- ``gain``: ``w_b = max(p_t(y_b) - p_s(y_b), 0) ** gamma`` with the student's detached
+  probability ``p_s`` of the true class -- distil where the teacher still knows better than the
+  student. These weights are **not** normalised: their batch mean is how much the teacher has
+  left to teach, so distillation fades where the student has overtaken the teacher (e.g. with
+  many labels) instead of being rescaled back to mean 1.
 
 Instances whose label is ``ignore_index`` (default -1: e.g. a VQA question none of whose answers
 is in the answer vocabulary) get weight 0 under the label modes: the teacher's correctness cannot
 be judged there, so they are not distilled.
 
-Weights are detached and normalised to mean 1 over the batch by :func:`normalize_weights`
-(globally across processes when given an ``all_reduce``). If every weight is zero, the
-normalised weights are all zero (the batch is not distilled), never NaN.
+Weights (all but ``gain``) are detached and normalised to mean 1 over the batch by
+:func:`normalize_weights` (globally across processes when given an ``all_reduce``). If every
+weight is zero, the normalised weights are all zero (the batch is not distilled), never NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import Tensor
 
 from mad_distill.config import WEIGHT_MODES
 
-_LABEL_MODES = ("gt_prob", "correct")
+_LABEL_MODES = ("gt_prob", "correct", "gain")
 
 
 def normalize_weights(
@@ -106,6 +111,22 @@ def _check_labels(
     return labels
 
 
+def _student_probs(student_logits: Tensor | None, b: int, c: int) -> Tensor:
+    if student_logits is None:
+        raise ValueError(
+            "weight mode 'gain' needs the student's task logits (StudentTokens.logits)"
+        )
+    if tuple(student_logits.shape) != (b, c):
+        raise ValueError(
+            f"student logits must be [B, C] = ({b}, {c}) like the teacher's zero-shot logits, got "
+            f"shape {tuple(student_logits.shape)}"
+        )
+    s = student_logits.detach().float()
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("student logits have NaN or inf values")
+    return torch.softmax(s, dim=-1)
+
+
 def raw_confidence(
     teacher_logits: Tensor,
     labels: Tensor | None = None,
@@ -114,8 +135,12 @@ def raw_confidence(
     *,
     probs: bool = False,
     ignore_index: int | None = -1,
+    student_logits: Tensor | None = None,
 ) -> Tensor:
-    """Un-normalised confidence ``[B]`` in ``[0, 1]`` (see module doc); detached, fp32."""
+    """Un-normalised confidence ``[B]`` in ``[0, 1]`` (see module doc); detached, fp32.
+
+    ``student_logits [B, C]`` (the student's task logits) are required for ``gain``.
+    """
     if mode not in WEIGHT_MODES:
         raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {mode!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
@@ -132,6 +157,10 @@ def raw_confidence(
         y_safe = y.clamp(min=0)
         if mode == "gt_prob":
             w = p.gather(1, y_safe.unsqueeze(1)).squeeze(1).pow(gamma)
+        elif mode == "gain":
+            p_s = _student_probs(student_logits, b, c).to(p.device)
+            gap = p.gather(1, y_safe.unsqueeze(1)) - p_s.gather(1, y_safe.unsqueeze(1))
+            w = gap.squeeze(1).clamp(min=0.0).pow(gamma)
         else:
             w = (p.argmax(dim=1) == y_safe).float()
         return w * known
@@ -150,8 +179,10 @@ def confidence_weights(
     probs: bool = False,
     all_reduce: Callable[[Tensor], Tensor | None] | None = None,
     ignore_index: int | None = -1,
+    student_logits: Tensor | None = None,
 ) -> Tensor:
-    """Instance weights ``[B]`` from the teacher's zero-shot scores, normalised to batch mean 1.
+    """Instance weights ``[B]`` from the teacher's zero-shot scores, normalised to batch mean 1
+    (``gain``: absolute, see the module doc).
 
     Args:
         teacher_logits: ``[B, C]`` zero-shot logits (CLIP: with its logit scale), or
@@ -161,11 +192,20 @@ def confidence_weights(
         gamma: exponent for ``gt_prob`` / ``entropy``, ``>= 0``.
         all_reduce: makes the normalising mean global, see :func:`normalize_weights`.
         ignore_index: label value meaning "unknown"; such instances get weight 0.
+        student_logits: ``[B, C]`` the student's task logits (``gain`` only).
 
     Returns:
         ``[B]`` fp32, detached; all zeros if every raw weight is zero.
     """
     raw = raw_confidence(
-        teacher_logits, labels, mode, gamma, probs=probs, ignore_index=ignore_index
+        teacher_logits,
+        labels,
+        mode,
+        gamma,
+        probs=probs,
+        ignore_index=ignore_index,
+        student_logits=student_logits,
     )
+    if mode == "gain":
+        return raw
     return normalize_weights(raw, all_reduce=all_reduce)

@@ -463,3 +463,18 @@ def test_text_teacher_without_clip(tiny_mlm_spec, word_tokenizer):
     out, batch = _batch(word_tokenizer, m)
     loss = m.mad_loss(MADBatch(None, batch.texts), out.tokens)
     assert loss > 0 and 0 < m.mad_last["selected_frac"] < 1
+
+
+def test_gain_weights_use_the_students_own_logits(tiny_clip, word_tokenizer):
+    from mad_distill.weighting import confidence_weights
+
+    m = Student(MADConfig(teachers={"clip": tiny_clip}, weight=dict(mode="gain")), word_tokenizer)
+    out, mad = _batch(word_tokenizer, m, n=4)
+    teach = m.mad_teacher_outputs(mad, m.mad_required_outputs())
+    w = m._mad_weights(mad, teach, 4, torch.device("cpu"), out.tokens.logits)
+    want = confidence_weights(teach.zero_shot, mad.labels, "gain", student_logits=out.logits)
+    torch.testing.assert_close(w, want)
+    loss = m.mad_loss(mad, out.tokens)
+    assert torch.isfinite(loss)
+    loss.backward()  # the weights are detached: gradients reach the student through the losses
+    assert m.model.patch_embed.weight.grad is not None

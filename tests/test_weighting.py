@@ -146,3 +146,49 @@ def test_ignored_labels_get_zero_weight(mode):
     assert torch.equal(raw[[0, 2]], expected)
     w = confidence_weights(logits, labels, mode)
     assert w[1] == 0 and torch.isclose(w.mean(), torch.tensor(1.0))
+
+
+@SETTINGS
+@given(
+    b=st.integers(1, 6),
+    c=st.integers(1, 7),
+    gamma=st.sampled_from([0.5, 1.0, 2.0]),
+    seed=st.integers(0, 9999),
+)
+def test_gain_is_the_teachers_lead_on_the_true_class_unnormalised(b, c, gamma, seed):
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(b, c, generator=g) * 3
+    student = torch.randn(b, c, generator=g) * 3
+    labels = torch.randint(0, c, (b,), generator=g)
+    w = confidence_weights(teacher, labels, "gain", gamma, student_logits=student)
+    p_t = torch.softmax(teacher.double(), -1)
+    p_s = torch.softmax(student.double(), -1)
+    lead = (p_t - p_s)[torch.arange(b), labels].clamp(min=0) ** gamma
+    torch.testing.assert_close(w, lead.float(), atol=1e-5, rtol=1e-4)  # no mean-1 rescaling
+    assert not w.requires_grad
+
+
+def test_gain_fades_when_the_student_overtakes_the_teacher():
+    teacher = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    behind = confidence_weights(teacher, labels, "gain", student_logits=torch.zeros(2, 2))
+    ahead = confidence_weights(teacher, labels, "gain", student_logits=torch.tensor([[9.0, 0]] * 2))
+    assert (behind > 0.3).all() and torch.equal(ahead, torch.zeros(2))
+    ignored = confidence_weights(
+        teacher, torch.tensor([-1, 0]), "gain", student_logits=torch.zeros(2, 2)
+    )
+    assert ignored[0] == 0 and ignored[1] > 0
+
+
+def test_gain_needs_matching_student_logits():
+    teacher, labels = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="student's task logits"):
+        confidence_weights(teacher, labels, "gain")
+    with pytest.raises(ValueError, match=r"\[B, C\] = \(2, 3\)"):
+        confidence_weights(teacher, labels, "gain", student_logits=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        confidence_weights(
+            teacher, labels, "gain", student_logits=torch.tensor([[float("nan"), 0, 0]] * 2)
+        )
+    with pytest.raises(ValueError, match="labels are required"):
+        confidence_weights(teacher, None, "gain", student_logits=torch.zeros(2, 3))

@@ -46,7 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", help="tasks (vqa, snli_ve, vcr, vcr_qa2r)")
     p.add_argument("--fractions", type=float, nargs="+", help="training fractions in (0, 1]")
     p.add_argument("--teacher", help="CLIP teacher spec (default: the shipped 'world-clip')")
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument(
+        "--student",
+        help="student init: 'world-vl' (the shipped VL-pretrained student, default), 'scratch' "
+        "or a .safetensors file from `mad-distill pretrain-student`",
+    )
+    p.add_argument("--threads", type=int, help="torch threads per run (default: all cores)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="runs in parallel, one process and one thread each (default: the number of cores; "
+        "1 runs in this process, with Lightning's progress bars)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bars")
     return p
 
@@ -69,8 +80,12 @@ def demo_bench(args: argparse.Namespace):
         bench.fractions = list(args.fractions)
     if args.teacher:
         train["teacher"] = args.teacher
+    if args.student:
+        train["student"] = args.student
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     bench.train = train
     bench.out_dir = args.out_dir
     bench.__post_init__()  # re-validate after the overrides
@@ -89,11 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mad_distill.bench.harness import run_bench, write_report
     from mad_distill.bench.world import RUNTIME, set_runtime
 
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if args.threads is not None and args.workers is None:
+        workers = 1  # an explicit thread count asks for runs in this process
     saved = dict(RUNTIME)
     set_runtime(progress_bar=not args.no_progress, threads=args.threads)
     start = time.perf_counter()
     try:
-        results = run_bench(bench)
+        results = run_bench(bench, workers=workers, progress=not args.no_progress)
     finally:
         RUNTIME.update(saved)
     report = write_report(results, bench)

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,15 +141,22 @@ def expand_grid(bench: BenchConfig) -> list[RunSpec]:
     ]
 
 
-def run_fingerprint(run: RunSpec, bench: BenchConfig) -> str:
-    """Hash of everything that determines a run's result; a stored run is reused only if equal."""
+def run_fingerprint(
+    run: RunSpec, bench: BenchConfig, resolved_train: Mapping[str, Any] | None = None
+) -> str:
+    """Hash of everything that determines a run's result; a stored run is reused only if equal.
+
+    ``resolved_train``: the runner's options after defaults and the identities (checksums) of
+    the files they name (a runner's ``resolve_train(bench.train)``), so a changed default or
+    re-shipped weights are not mistaken for a finished run.
+    """
     payload = {
         "run": asdict(run),
         "dataset": bench.dataset,
         "method": bench.methods[run.method],
         "train_domain": bench.train_domain,
         "test_domains": list(bench.test_domains),
-        "train": bench.train,
+        "train": bench.train if resolved_train is None else dict(resolved_train),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -184,39 +191,95 @@ def load_finished(path: Path, fingerprint: str) -> dict | None:
     return result if result.get("fingerprint") == fingerprint else None
 
 
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_bench(
     bench: BenchConfig,
     runner: Callable[..., dict] | None = None,
     log: Callable[[str], None] = print,
+    workers: int = 1,
+    progress: bool = False,
 ) -> list[dict]:
-    """Run (or resume) every run of ``bench``; returns all run results."""
+    """Run (or resume) every run of ``bench``; returns all run results (in grid order).
+
+    Args:
+        runner: ``runner(run, bench) -> {"metrics": ...}`` (default: the dataset's).
+        log: receives one line per run.
+        workers: runs in parallel, each in its own process with one torch thread (spawned, so
+            the runner must be importable by name). A run's result does not depend on it.
+        progress: with ``workers > 1``, a progress bar over the runs (the workers' own
+            per-step bars are not shown).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     out_dir = Path(bench.out_dir)
     runner = runner or _resolve_runner(bench.dataset)
     grid = expand_grid(bench)
-    results = []
-    for i, run in enumerate(grid, 1):
-        path = _run_path(out_dir, run)
-        fp = run_fingerprint(run, bench)
-        done = load_finished(path, fp)
+    resolve = getattr(runner, "resolve_train", None)
+    resolved = resolve(bench.train) if resolve is not None else None
+    results: list[dict | None] = [None] * len(grid)
+    todo = []
+    for i, run in enumerate(grid):
+        fp = run_fingerprint(run, bench, resolved)
+        done = load_finished(_run_path(out_dir, run), fp)
         if done is not None:
-            log(f"[{i}/{len(grid)}] {run.key}: done earlier, skipped")
-            results.append(done)
-            continue
-        log(f"[{i}/{len(grid)}] {run.key}: running")
-        start = time.perf_counter()
-        out = runner(run, bench)
+            log(f"[{i + 1}/{len(grid)}] {run.key}: done earlier, skipped")
+            results[i] = done
+        else:
+            todo.append((i, run, fp))
+
+    def finish(i: int, run: RunSpec, fp: str, out: dict, seconds: float) -> None:
         if "metrics" not in out or not isinstance(out["metrics"], dict):
             raise ValueError(f"runner for {bench.dataset!r} returned no 'metrics' mapping")
-        result = {
-            **out,
-            "run": asdict(run),
-            "key": run.key,
-            "fingerprint": fp,
-            "seconds": round(time.perf_counter() - start, 2),
-        }
-        write_json_atomic(path, result)
-        results.append(result)
-    return results
+        result = {**out, "run": asdict(run), "key": run.key, "fingerprint": fp}
+        result["seconds"] = round(seconds, 2)
+        write_json_atomic(_run_path(out_dir, run), result)
+        results[i] = result
+
+    if workers == 1 or len(todo) <= 1:
+        for i, run, fp in todo:
+            log(f"[{i + 1}/{len(grid)}] {run.key}: running")
+            start = time.perf_counter()
+            out = runner(run, bench)
+            finish(i, run, fp, out, time.perf_counter() - start)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(1,),
+        ) as pool:
+            futures = {pool.submit(_timed, runner, run, bench): (i, run, fp) for i, run, fp in todo}
+            log(f"{len(todo)} runs on {workers} worker processes")
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(todo), desc="runs", unit="run")
+            for fut in cf.as_completed(futures):
+                i, run, fp = futures[fut]
+                out, seconds = fut.result()
+                finish(i, run, fp, out, seconds)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(run.key)
+                log(f"[{i + 1}/{len(grid)}] {run.key}: finished ({seconds:.0f} s)")
+            if bar is not None:
+                bar.close()
+    return [r for r in results if r is not None]
+
+
+def _timed(runner: Callable[..., dict], run: RunSpec, bench: BenchConfig) -> tuple[dict, float]:
+    start = time.perf_counter()
+    out = runner(run, bench)
+    return out, time.perf_counter() - start
 
 
 def aggregate(results: Sequence[dict], bench: BenchConfig) -> dict:
@@ -343,11 +406,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mad-distill bench", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="bench YAML file")
     parser.add_argument("--out-dir", help="override the config's out_dir")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="runs in parallel (one process and thread each)"
+    )
     args = parser.parse_args(argv)
     bench = BenchConfig.from_yaml(args.config)
     if args.out_dir:
         bench.out_dir = args.out_dir
-    results = run_bench(bench)
+    results = run_bench(bench, workers=args.workers)
     report = write_report(results, bench)
     print(report["markdown"])
     print(f"wrote {Path(bench.out_dir) / 'table.md'}, table.json and plot.png")

@@ -2,7 +2,8 @@
 
 :func:`run_world` is the ``world`` dataset of :mod:`mad_distill.bench.harness`: it builds the
 low-shot training split of :class:`~mad_distill.data.world.datamodule.WorldDataModule`, finetunes
-a :class:`~mad_distill.students.BuiltinVLStudent` from scratch with a
+a :class:`~mad_distill.students.BuiltinVLStudent` (from the shipped VL-pretrained ``world-vl``
+weights, a checkpoint of ``mad-distill pretrain-student``, or from scratch) with a
 :class:`WorldTaskModule` (``MADMixin`` + ``LightningModule``) under one method (the baseline, or a
 partial :class:`~mad_distill.config.MADConfig`), and tests it on every test domain.
 
@@ -20,12 +21,14 @@ threads are :data:`RUNTIME` options (:func:`set_runtime`): they do not change re
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mad_distill.config import MADConfig
+from mad_distill.data.world.student_pretrain import normalize_images
 from mad_distill.mixin import MADMixin, MADTeacherOutputs
 from mad_distill.students import BuiltinVLStudent
 from mad_distill.students.tokenizer import WordTokenizer
@@ -45,6 +49,9 @@ from mad_distill.types import MADBatch, TeacherImageOutput, TeacherTextOutput
 TRAIN_DEFAULTS: dict[str, Any] = {
     "teacher": "world-clip",  # any create_teacher spec for the ``clip`` role
     "text_teacher": None,  # optional ``text`` role spec (e.g. "hf:<MiniLM dir>")
+    # the student's init: "world-vl" (the shipped VL-pretrained student), "scratch", or a
+    # .safetensors file written by `mad-distill pretrain-student`
+    "student": "world-vl",
     "dim": 64,
     "depth": 2,
     "heads": 4,
@@ -127,7 +134,38 @@ def train_options(bench_train: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"train.warmup_frac must be in [0, 1), got {opts['warmup_frac']!r}")
     if not isinstance(opts["teacher"], str) or not opts["teacher"]:
         raise ValueError(f"train.teacher must be a teacher spec string, got {opts['teacher']!r}")
+    if not isinstance(opts["student"], str) or not opts["student"]:
+        raise ValueError(
+            f"train.student must be 'world-vl', 'scratch' or a .safetensors path, "
+            f"got {opts['student']!r}"
+        )
+    if opts["student"] != "scratch":
+        _, arch, _ = pretrained_student(opts["student"])
+        for name in _ARCH_KEYS:
+            if name in bench_train and bench_train[name] != arch[name]:
+                raise ValueError(
+                    f"train.{name}={bench_train[name]!r} conflicts with the pretrained student "
+                    f"{opts['student']!r} ({name}={arch[name]!r}); drop it or use "
+                    f"train.student: scratch"
+                )
+        opts.update({name: arch[name] for name in _ARCH_KEYS})
     return opts
+
+
+#: student options a pretrained checkpoint fixes
+_ARCH_KEYS = ("dim", "depth", "heads", "patch_size")
+
+
+@lru_cache(maxsize=4)
+def pretrained_student(spec: str) -> tuple[dict[str, Tensor], dict[str, Any], WordTokenizer]:
+    """``(state without task head, config, tokenizer)`` of ``"world-vl"`` or a checkpoint file
+    (SHA-256 checked; see :mod:`mad_distill.data.world.student_pretrain`)."""
+    from mad_distill.data.world.student_pretrain import (
+        WORLD_STUDENT_WEIGHTS,
+        load_pretrained_student,
+    )
+
+    return load_pretrained_student(WORLD_STUDENT_WEIGHTS if spec == "world-vl" else spec)
 
 
 def mad_config_for(method_cfg: Mapping[str, Any], opts: Mapping[str, Any]) -> MADConfig:
@@ -390,6 +428,7 @@ def clear_caches() -> None:
     _STORES.clear()
     _dataset.cache_clear()
     _train_indices.cache_clear()
+    pretrained_student.cache_clear()
 
 
 # ----------------------------------------------------------------------------- the module
@@ -405,6 +444,9 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         store: a :class:`TeacherFeatureStore` serving the teachers' outputs by item key.
         dim / depth / heads / patch_size / tap_layer / dropout: the student (64 px images).
         lr / weight_decay / warmup_frac / total_steps: AdamW with linear warm-up, cosine decay.
+        tokenizer: the student's word tokenizer.
+        init_state: pretrained student weights (all but the task head ``head.*``), e.g. from
+            :func:`pretrained_student`; ``None`` starts from random weights.
     """
 
     def __init__(
@@ -427,6 +469,7 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         warmup_frac: float = 0.1,
         total_steps: int = 1000,
         tokenizer: WordTokenizer | None = None,
+        init_state: Mapping[str, Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.task = task
@@ -444,6 +487,17 @@ class WorldTaskModule(MADMixin, L.LightningModule):
             dropout=dropout,
             tap_layer=tap_layer,
         )
+        if init_state is not None:
+            try:
+                missing, unexpected = self.student.load_state_dict(dict(init_state), strict=False)
+            except RuntimeError as err:  # shape mismatches
+                raise ValueError(f"init_state does not fit the student: {err}") from err
+            missing = [k for k in missing if not k.startswith("head.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"init_state does not fit the student: missing {missing[:5]}, "
+                    f"unexpected {unexpected[:5]}"
+                )
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_frac, self.total_steps = warmup_frac, total_steps
         self.store = store
@@ -465,7 +519,7 @@ class WorldTaskModule(MADMixin, L.LightningModule):
     # ---------------------------------------------------------------- forward
     def _inputs(self, batch) -> dict[str, Tensor]:
         tok = self.tokenizer
-        images = (batch.images - 0.5) / 0.25
+        images = normalize_images(batch.images)
         if self.task == "vcr":
             b, k = len(batch.texts), len(batch.choices[0])
             flat_t = [t for t in batch.texts for _ in range(k)]
@@ -545,12 +599,37 @@ def _quiet() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*deterministic.*")
+        # Lightning 2.6 on torch 2.14 warns about its own pytree use on every fit
+        warnings.filterwarnings("ignore", message=".*treespec.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
         try:
             yield
         finally:
             for lg, lvl in zip(loggers, levels):
                 lg.setLevel(lvl)
+
+
+def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything in ``bench.train`` that determines a result, for the harness' fingerprints:
+    the options after defaults plus the SHA-256 of the packaged teacher / student they name."""
+    from mad_distill.data.world.student_pretrain import WORLD_STUDENT_WEIGHTS
+    from mad_distill.data.world.teacher import (
+        WORLD_CLIP_ALIAS,
+        WORLD_CLIP_CHECKSUM,
+        checksum_path,
+    )
+
+    opts = train_options(bench_train)
+    files = {"teacher": None, "student": None}
+    if opts["teacher"] == WORLD_CLIP_ALIAS:
+        files["teacher"] = WORLD_CLIP_CHECKSUM
+    if opts["student"] != "scratch":
+        weights = WORLD_STUDENT_WEIGHTS if opts["student"] == "world-vl" else opts["student"]
+        files["student"] = checksum_path(weights)
+    for role, path in files.items():
+        if path is not None:
+            opts[f"{role}_sha256"] = json.loads(Path(path).read_text())["sha256"]
+    return opts
 
 
 def run_world(run, bench) -> dict:
@@ -605,10 +684,14 @@ def run_world(run, bench) -> dict:
 
     steps_per_epoch = math.ceil(len(train_ds) / opts["batch_size"])
     total = min(max(opts["epochs"] * steps_per_epoch, opts["min_steps"]), opts["max_steps"])
+    if opts["student"] == "scratch":
+        init_state, tokenizer = None, world_tokenizer(opts["world_seed"])
+    else:
+        init_state, _, tokenizer = pretrained_student(opts["student"])
     L.seed_everything(run.seed, workers=True, verbose=False)
     module = WorldTaskModule(
         world_task,
-        len(world_tokenizer(opts["world_seed"])),
+        len(tokenizer),
         n_cls,
         mad=mad,
         teachers=teachers,
@@ -623,7 +706,8 @@ def run_world(run, bench) -> dict:
         weight_decay=opts["weight_decay"],
         warmup_frac=opts["warmup_frac"],
         total_steps=total,
-        tokenizer=world_tokenizer(opts["world_seed"]),
+        tokenizer=tokenizer,
+        init_state=init_state,
     )
     with _quiet():
         trainer = L.Trainer(
@@ -652,6 +736,7 @@ def run_world(run, bench) -> dict:
         "train_size": len(train_ds),
         "steps": total,
         "teacher": opts["teacher"] if mad is not None else None,
+        "student": opts["student"],
         "mad_config": mad.to_dict(serializable=True) if mad is not None else None,
         "timing": {
             "teacher_s": round(t_teacher, 2),
@@ -663,6 +748,9 @@ def run_world(run, bench) -> dict:
     }
 
 
+# the harness fingerprints runs with the resolved options (defaults + packaged file checksums)
+run_world.resolve_train = resolve_train  # type: ignore[attr-defined]
+
 __all__ = [
     "TASK_VARIANTS",
     "TRAIN_DEFAULTS",
@@ -670,6 +758,8 @@ __all__ = [
     "WorldTaskModule",
     "clear_caches",
     "mad_config_for",
+    "pretrained_student",
+    "resolve_train",
     "run_world",
     "set_runtime",
     "train_options",

@@ -77,3 +77,7 @@ def test_bad_demo_arguments(tmp_path):
         demo.main(["--fractions", "0", "--out-dir", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         demo.main(["--config", str(tmp_path / "nope.yaml")])
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        demo.main(["--student", str(tmp_path / "nope.safetensors"), "--out-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--workers"):
+        demo.main(["--workers", "0", "--out-dir", str(tmp_path)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from mad_distill.bench.world import (
 )
 
 TINY = {
+    "student": "scratch",
     "dim": 32,
     "depth": 1,
     "heads": 2,
@@ -51,6 +54,66 @@ def test_train_options_reject_bad_values():
     with pytest.raises(ValueError, match="train.batch_size"):
         train_options({"batch_size": 0})
     assert train_options({})["teacher"] == "world-clip"
+    assert train_options({})["student"] == "world-vl"
+    with pytest.raises(ValueError, match="train.student"):
+        train_options({"student": ""})
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        train_options({"student": "nope.safetensors"})
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory):
+    from mad_distill.data.world.student_pretrain import pretrain_student
+
+    path = tmp_path_factory.mktemp("student") / "tiny_vl.safetensors"
+    pretrain_student(path, steps=2, batch_size=8, dim=32, depth=1, heads=2, log_every=0)
+    return path
+
+
+def test_pretrained_student_fixes_the_architecture(tiny_student):
+    opts = train_options({"student": str(tiny_student)})
+    assert (opts["dim"], opts["depth"], opts["heads"], opts["patch_size"]) == (32, 1, 2, 8)
+    # an explicit conflicting size is an error naming the field, not silently overridden
+    with pytest.raises(ValueError, match="train.dim=64 conflicts"):
+        train_options({"student": str(tiny_student), "dim": 64})
+    assert train_options({"student": str(tiny_student), "depth": 1})["depth"] == 1
+
+
+def test_finetuning_starts_from_the_pretrained_weights(tmp_path, world_clip_spec, tiny_student):
+    from mad_distill.bench.world import pretrained_student
+
+    state, _, tok = pretrained_student(str(tiny_student))
+    arch = {"dim": 32, "heads": 2, "patch_size": 8}
+    module = WorldTaskModule("vqa", len(tok), 5, depth=1, init_state=state, **arch)
+    got = module.student.state_dict()
+    for k, v in state.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not fit"):
+        WorldTaskModule("vqa", len(tok), 5, depth=2, init_state=state, **arch)
+    with pytest.raises(ValueError, match="(?s)does not fit.*patch_embed"):
+        WorldTaskModule("vqa", len(tok), 5, depth=1, init_state=state, dim=32, heads=2)
+    train = {k: v for k, v in TINY.items() if k not in ("dim", "depth", "heads")}
+    bench = _bench(tmp_path, world_clip_spec, train={**train, "student": str(tiny_student)})
+    out = run_world(RunSpec("snli_ve", "baseline", 0.002, 0), bench)
+    assert out["student"] == str(tiny_student)
+    assert set(out["metrics"]) == {"flat", "textured"}
+
+
+def test_fingerprint_follows_resolved_defaults_and_file_checksums(tmp_path, tiny_student):
+    from mad_distill.bench.world import resolve_train
+
+    resolved = resolve_train({"student": str(tiny_student)})
+    record = json.loads(tiny_student.with_suffix(".json").read_text())
+    assert resolved["student_sha256"] == record["sha256"]
+    assert resolved["lr"] == train_options({})["lr"]  # defaults are part of it
+    assert "teacher_sha256" in resolve_train({"student": "scratch"})  # packaged world-clip
+    bench = BenchConfig(
+        tasks=["vqa"], fractions=[0.01], methods={"baseline": None}, out_dir=str(tmp_path)
+    )
+    run = RunSpec("vqa", "baseline", 0.01, 0)
+    a = harness.run_fingerprint(run, bench, resolved)
+    b = harness.run_fingerprint(run, bench, {**resolved, "student_sha256": "0" * 64})
+    assert a != b
 
 
 def test_unknown_task_and_domain_are_named(tmp_path, world_clip_spec):
@@ -139,3 +202,18 @@ def test_run_is_deterministic_and_resume_skips_finished_runs(tmp_path, world_cli
     # same run again from scratch: identical numbers (seeded, deterministic)
     rerun = run_world(RunSpec("snli_ve", "MAD", 0.002, 0), bench)
     assert rerun["metrics"] == first[1]["metrics"]
+
+
+def test_parallel_workers_give_the_sequential_results(tmp_path, world_clip_spec):
+    seq = _bench(tmp_path / "seq", world_clip_spec, out_dir=str(tmp_path / "seq"))
+    torch.set_num_threads(1)  # the workers run one thread each
+    first = harness.run_bench(seq, log=lambda _: None)
+    par = _bench(tmp_path / "par", world_clip_spec, out_dir=str(tmp_path / "par"))
+    lines: list[str] = []
+    second = harness.run_bench(par, log=lines.append, workers=2)
+    assert any("2 worker processes" in line for line in lines)
+    assert [r["key"] for r in second] == [r["key"] for r in first]  # grid order kept
+    assert [r["metrics"] for r in second] == [r["metrics"] for r in first]
+    assert len(list((tmp_path / "par" / "runs").glob("*.json"))) == 2
+    with pytest.raises(ValueError, match="workers"):
+        harness.run_bench(par, workers=0)

@@ -55,12 +55,20 @@ def register_model_config() -> str:
 
 
 def pretrain_batch(
-    seed: int, step: int, batch_size: int, size: int = 64
+    seed: int,
+    step: int,
+    batch_size: int,
+    size: int = 64,
+    domains: Sequence[str] = DOMAINS,
 ) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:
-    """One pretraining batch: ``uint8`` images ``[B, H, W, 3]`` (domains drawn uniformly),
-    captions, hard-negative captions, and a bool mask of the hard negatives that differ."""
+    """One pretraining batch: ``uint8`` images ``[B, H, W, 3]`` (domains drawn uniformly from
+    ``domains``), captions, hard-negative captions, and a bool mask of the hard negatives that
+    differ."""
+    domains = tuple(domains)
+    if not domains or any(d not in DOMAINS for d in domains):
+        raise ValueError(f"domains must be a non-empty subset of {list(DOMAINS)}, got {domains}")
     rng = np.random.default_rng([_NS_PRETRAIN, seed, step])
-    scenes, caps, foils, valid, rngs, domains = [], [], [], [], [], []
+    scenes, caps, foils, valid, rngs, drawn = [], [], [], [], [], []
     seen: set[str] = set()
     for i in range(batch_size):
         for _ in range(4):  # redraw duplicate captions: an identical text is a false negative
@@ -82,13 +90,13 @@ def pretrain_batch(
         caps.append(cap)
         foils.append(foil)
         valid.append(foil != cap)
-        domain = DOMAINS[int(rng.integers(len(DOMAINS)))]
-        domains.append(domain)
+        domain = domains[int(rng.integers(len(domains)))]
+        drawn.append(domain)
         # style streams of the pretrain split: keyed by (seed, step * batch + i)
         rngs.append(style_rng(seed, "pretrain", domain, step * batch_size + i))
     images = np.empty((batch_size, size, size, 3), np.uint8)
     for d in DOMAINS:
-        sel = [i for i, dd in enumerate(domains) if dd == d]
+        sel = [i for i, dd in enumerate(drawn) if dd == d]
         if sel:
             images[sel] = render([scenes[i] for i in sel], d, [rngs[i] for i in sel], size=size)
     return images, caps, foils, np.array(valid)

@@ -59,7 +59,7 @@ def verify_weights(
     weights = Path(weights)
     checksum = Path(checksum) if checksum is not None else checksum_path(weights)
     if not weights.is_file():
-        raise FileNotFoundError(f"world teacher weights not found: {weights}")
+        raise FileNotFoundError(f"weights not found: {weights}")
     if not checksum.is_file():
         raise FileNotFoundError(f"checksum file for {weights.name} not found: {checksum}")
     try:
@@ -69,7 +69,7 @@ def verify_weights(
     actual = sha256_file(weights)
     if actual != expected:
         raise ValueError(
-            f"teacher weights {weights} are corrupt or do not match {checksum.name}: sha256 "
+            f"weights {weights} are corrupt or do not match {checksum.name}: sha256 "
             f"{actual} != expected {expected}"
         )
     return actual
