@@ -219,7 +219,8 @@ def run_bench(
     out_dir = Path(bench.out_dir)
     runner = runner or _resolve_runner(bench.dataset)
     grid = expand_grid(bench)
-    resolve = getattr(runner, "resolve_train", None)
+    # the dataset's registered runner defines the fingerprint, also when a wrapper runs it
+    resolve = getattr(_resolve_runner(bench.dataset), "resolve_train", None)
     resolved = resolve(bench.train) if resolve is not None else None
     results: list[dict | None] = [None] * len(grid)
     todo = []
