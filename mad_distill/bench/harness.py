@@ -268,10 +268,12 @@ def run_bench(
                 i, run, fp = futures[fut]
                 out, seconds = fut.result()
                 finish(i, run, fp, out, seconds)
-                if bar is not None:
+                line = f"[{i + 1}/{len(grid)}] {run.key}: finished ({seconds:.0f} s)"
+                if bar is None:
+                    log(line)
+                else:  # a line printed under a live bar would be torn by its redraws
+                    bar.write(line)
                     bar.update(1)
-                    bar.set_postfix_str(run.key)
-                log(f"[{i + 1}/{len(grid)}] {run.key}: finished ({seconds:.0f} s)")
             if bar is not None:
                 bar.close()
     return [r for r in results if r is not None]
