@@ -244,9 +244,7 @@ def run_bench(
     if workers == 1 or len(todo) <= 1:
         for i, run, fp in todo:
             log(f"[{i + 1}/{len(grid)}] {run.key}: running")
-            start = time.perf_counter()
-            out = runner(run, bench)
-            finish(i, run, fp, out, time.perf_counter() - start)
+            finish(i, run, fp, *_timed(runner, run, bench))
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
