@@ -234,7 +234,7 @@ class WeightConfig(_Part):
             ``correct`` (``1[argmax p_t = y]``), ``uniform``, or ``gain``
             (``max(p_t(y) - p_s(y), 0)^gamma`` with the student's own detached probability
             ``p_s``; absolute, not normalised to batch mean 1).
-        gamma: sharpness exponent for ``gt_prob`` and ``entropy``, ``>= 0``.
+        gamma: sharpness exponent for ``gt_prob``, ``entropy`` and ``gain``, ``>= 0``.
     """
 
     mode: str = "gt_prob"

@@ -381,7 +381,7 @@ class MADMixin:
             mode=cfg.weight.mode,
             gamma=cfg.weight.gamma,
             all_reduce=_all_reduce_sum(),
-            student_logits=student_logits if cfg.weight.mode == "gain" else None,
+            student_logits=student_logits,
         )
         return w.to(device)
 

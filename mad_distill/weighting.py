@@ -64,14 +64,15 @@ def normalize_weights(
     return w * scale
 
 
-def _teacher_probs(teacher: Tensor, probs: bool) -> Tensor:
-    if teacher.dim() != 2:
-        raise ValueError(f"teacher_logits must be [B, C], got shape {tuple(teacher.shape)}")
-    if not teacher.is_floating_point():
-        raise TypeError(f"teacher_logits must be floating point, got {teacher.dtype}")
-    if teacher.shape[1] < 1:
-        raise ValueError("teacher_logits must have at least one class (C >= 1)")
-    t = teacher.detach().float()
+def _softmax_checked(logits: Tensor, probs: bool, name: str = "teacher_logits") -> Tensor:
+    """Detached fp32 probabilities ``[B, C]`` from logits (or checked probabilities)."""
+    if logits.dim() != 2:
+        raise ValueError(f"{name} must be [B, C], got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {logits.dtype}")
+    if logits.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one class (C >= 1)")
+    t = logits.detach().float()
     if probs:
         ok = torch.isfinite(t).all() & (t >= 0).all() & ((t.sum(1) - 1).abs() <= 1e-3).all()
         if not bool(ok):
@@ -80,7 +81,7 @@ def _teacher_probs(teacher: Tensor, probs: bool) -> Tensor:
             )
         return t
     if not bool(torch.isfinite(t).all()):
-        raise ValueError("teacher_logits has NaN or inf values")
+        raise ValueError(f"{name} has NaN or inf values")
     return torch.softmax(t, dim=-1)
 
 
@@ -121,10 +122,7 @@ def _student_probs(student_logits: Tensor | None, b: int, c: int) -> Tensor:
             f"student logits must be [B, C] = ({b}, {c}) like the teacher's zero-shot logits, got "
             f"shape {tuple(student_logits.shape)}"
         )
-    s = student_logits.detach().float()
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError("student logits have NaN or inf values")
-    return torch.softmax(s, dim=-1)
+    return _softmax_checked(student_logits, probs=False, name="student logits")
 
 
 def raw_confidence(
@@ -147,7 +145,7 @@ def raw_confidence(
         raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
     if not math.isfinite(gamma):
         raise ValueError(f"gamma must be finite, got {gamma!r}")
-    p = _teacher_probs(teacher_logits, probs)
+    p = _softmax_checked(teacher_logits, probs)
     b, c = p.shape
     y = _check_labels(labels, mode, b, c, ignore_index)
     if mode == "uniform":
@@ -189,7 +187,7 @@ def confidence_weights(
             probabilities when ``probs=True``.
         labels: ``[B]`` ground-truth class indices; required for ``gt_prob`` and ``correct``.
         mode: one of :data:`mad_distill.config.WEIGHT_MODES`.
-        gamma: exponent for ``gt_prob`` / ``entropy``, ``>= 0``.
+        gamma: exponent for ``gt_prob`` / ``entropy`` / ``gain``, ``>= 0``.
         all_reduce: makes the normalising mean global, see :func:`normalize_weights`.
         ignore_index: label value meaning "unknown"; such instances get weight 0.
         student_logits: ``[B, C]`` the student's task logits (``gain`` only).
