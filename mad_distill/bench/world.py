@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mad_distill._optim import decay_param_groups, warmup_cosine
 from mad_distill.config import MADConfig
 from mad_distill.data.world.student_pretrain import normalize_images
 from mad_distill.mixin import MADMixin, MADTeacherOutputs
@@ -565,24 +566,12 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         return {i: 100.0 * float(np.mean(v)) for i, v in self._correct.items()}
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        other = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
         opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": self.weight_decay},
-                {"params": other, "weight_decay": 0.0},
-            ],
-            lr=self.lr,
+            decay_param_groups(self.named_parameters(), self.weight_decay), lr=self.lr
         )
         total = max(1, self.total_steps)
-        warm = int(self.warmup_frac * total)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        warmup = int(self.warmup_frac * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

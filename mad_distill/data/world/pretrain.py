@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from mad_distill._io import atomic_write
+from mad_distill._optim import decay_param_groups, warmup_cosine
 from mad_distill.data.world.generator import style_rng
 from mad_distill.data.world.render import DOMAINS, render
 from mad_distill.data.world.scene import perturb_scene, random_caption, sample_scene
@@ -174,24 +175,13 @@ def pretrain_teacher(
         if isinstance(model.visual.image_size, tuple)
         else int(model.visual.image_size)
     )
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [
-        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
-    ]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        decay_param_groups(model.named_parameters(), weight_decay, embedding_key="embedding"),
         lr=lr,
         betas=(0.9, 0.98),
         eps=1e-6,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-        ),
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, steps))
     clip_loss = open_clip.ClipLoss()
     model.train()
     t0 = time.time()
@@ -226,7 +216,7 @@ def pretrain_teacher(
             )
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(
-                f"step {step:5d}/{steps} loss {loss_val:.4f} scale {float(scale):.1f} "
+                f"step {step:5d}/{steps} loss {loss_val:.4f} scale {float(scale.detach()):.1f} "
                 f"{time.time() - t0:.0f}s",
                 flush=True,
             )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mad_distill._optim import decay_param_groups, warmup_cosine
 from mad_distill.data.world.pretrain import _atomic_save, _metadata, pretrain_batch
 from mad_distill.data.world.render import DOMAINS
 from mad_distill.students import BuiltinVLStudent
@@ -192,20 +192,8 @@ def pretrain_student(
     student = BuiltinVLStudent(len(tok), num_classes=2, dropout=0.1, **config)
     heads_ = _PretrainHeads(dim, len(tok))
     params = list(student.named_parameters()) + list(heads_.named_parameters())
-    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
-    other = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0}],
-        lr=lr,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
-        ),
-    )
+    opt = torch.optim.AdamW(decay_param_groups(params, weight_decay), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, steps))
     gen = torch.Generator().manual_seed(seed)
     student.train()
     heads_.train()
