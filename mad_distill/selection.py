@@ -23,6 +23,7 @@ from torch import Tensor
 
 from mad_distill._dispatch import call_op
 from mad_distill.config import FEATURE_LOSSES, SCORE_SOURCES
+from mad_distill.ops.select_tokens import check_scores_and_mask
 
 # ratios become exact fractions so that ceil(0.7 * 10) is 7, not 8 from 7.000000000000001
 _MAX_DENOMINATOR = 1_000_000
@@ -179,16 +180,7 @@ def select_tokens(
     Returns:
         ``index [B, width]`` long, token positions padded with -1, and ``valid [B, width]`` bool.
     """
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [B, N], got shape {tuple(scores.shape)}")
-    if tuple(mask.shape) != tuple(scores.shape):
-        raise ValueError(
-            f"mask must have the shape of scores {tuple(scores.shape)}, got {tuple(mask.shape)}"
-        )
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be bool, got {mask.dtype}")
-    if not scores.is_floating_point():
-        raise TypeError(f"scores must be floating point, got {scores.dtype}")
+    check_scores_and_mask(scores, mask)
     n = scores.shape[1]
     if (k is None) == (ratio is None):
         raise ValueError(f"give exactly one of k and ratio, got k={k!r}, ratio={ratio!r}")

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 
-def _check_select_inputs(scores: Tensor, mask: Tensor, k: int) -> None:
+def check_scores_and_mask(scores: Tensor, mask: Tensor) -> None:
+    """Raise unless ``scores`` is floating ``[B, N]`` and ``mask`` a bool tensor of its shape."""
     if scores.dim() != 2:
         raise ValueError(f"scores must be [B, N], got shape {tuple(scores.shape)}")
     if tuple(mask.shape) != tuple(scores.shape):
@@ -29,6 +30,10 @@ def _check_select_inputs(scores: Tensor, mask: Tensor, k: int) -> None:
         raise TypeError(f"mask must be bool, got {mask.dtype}")
     if not scores.is_floating_point():
         raise TypeError(f"scores must be floating point, got {scores.dtype}")
+
+
+def _check_select_inputs(scores: Tensor, mask: Tensor, k: int) -> None:
+    check_scores_and_mask(scores, mask)
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be a non-negative int, got {k!r}")
     if k > scores.shape[1]:
