@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mad_distill.data.world.student_pretrain",
         "VL-pretrain the built-in student on the embedded world (ITM + MLM, deterministic)",
     ),
+    "zero-shot": (
+        "mad_distill.data.world.zero_shot",
+        "zero-shot accuracy of the world CLIP teacher per task and domain",
+    ),
     "cache": (
         "mad_distill.cache",
         "precompute teacher features for a dataset split into safetensors shards",

@@ -3,6 +3,7 @@ and deterministic pretraining."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 
@@ -121,7 +122,20 @@ def test_pretraining_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="precision"):
         pretrain_teacher(tmp_path / "x.safetensors", steps=1, precision="int8")
     args = build_parser().parse_args(["--out", "w.safetensors", "--steps", "3"])
-    assert args.steps == 3 and args.threads == 1
+    assert args.steps == 3 and args.threads == 2
+
+
+def test_pretrain_defaults_rebuild_the_shipped_teacher():
+    """`mad-distill pretrain-teacher --out F` (the README's command) uses the shipped run's args."""
+    from mad_distill.data.world.pretrain import build_parser, pretrain_teacher
+
+    shipped = json.loads(WORLD_CLIP_CHECKSUM.read_text())["args"]
+    cli = vars(build_parser().parse_args(["--out", "w.safetensors"]))
+    defaults = inspect.signature(pretrain_teacher).parameters
+    for name, value in shipped.items():
+        assert defaults[name].default == value, name
+        if name in cli:
+            assert cli[name] == value, name
 
 
 def test_zero_shot_accuracy_function_reports_per_type(teacher):
@@ -134,3 +148,16 @@ def test_zero_shot_accuracy_function_reports_per_type(teacher):
     with pytest.raises(ValueError, match="n must be"):
         zero_shot_accuracy(teacher.model, teacher.tokenizer, "vcr", "flat", n=0)
     torch.manual_seed(0)
+
+
+def test_zero_shot_command_prints_and_writes_the_table(tmp_path, capsys):
+    from mad_distill import cli
+
+    out = tmp_path / "zs.json"
+    assert cli.main(["zero-shot", "--n", "8", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| vqa | VQA acc |" in table and "| vcr | Q→AR |" in table
+    results = json.loads(out.read_text())
+    assert sorted(results) == ["snli_ve", "vcr", "vqa"]
+    assert all(sorted(results[t]) == ["flat", "textured"] for t in results)
+    assert 0.0 <= results["vqa"]["flat"]["accuracy"] <= 100.0

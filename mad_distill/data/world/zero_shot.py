@@ -218,15 +218,18 @@ def zero_shot_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mad_distill.data.world.zero_shot [--weights W] [--n N]``: the teacher's
-    zero-shot accuracy per task and domain on the first ``N`` test items."""
+    """``mad-distill zero-shot [--weights W] [--n N]``: the teacher's zero-shot accuracy per
+    task and domain on the first ``N`` test items."""
     import argparse
     import json
 
     from mad_distill.data.world.pretrain import evaluate_zero_shot
     from mad_distill.data.world.teacher import WORLD_CLIP_WEIGHTS, load_world_clip
 
-    p = argparse.ArgumentParser(prog="python -m mad_distill.data.world.zero_shot")
+    p = argparse.ArgumentParser(
+        prog="mad-distill zero-shot",
+        description="Zero-shot accuracy of the world CLIP teacher per task and domain.",
+    )
     p.add_argument("--weights", default=str(WORLD_CLIP_WEIGHTS))
     p.add_argument("--n", type=int, default=1000, help="test items per task and domain")
     p.add_argument("--threads", type=int, default=1)
