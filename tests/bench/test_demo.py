@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,23 @@ def test_bad_demo_arguments(tmp_path):
         demo.main(["--student", str(tmp_path / "nope.safetensors"), "--out-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--workers"):
         demo.main(["--workers", "0", "--out-dir", str(tmp_path)])
+
+
+def test_demo_runs_are_a_subset_of_the_committed_grids():
+    """The README's tables come from benchmarks/world_lowshot.yaml and full.yaml; the demo reuses
+    their runs only if its settings are the same (the harness fingerprints them)."""
+    repo = Path(__file__).resolve().parents[2]
+    dem = BenchConfig.from_yaml(demo.DEMO_CONFIG)
+    for grid in (repo / "benchmarks" / "world_lowshot.yaml", demo.FULL_CONFIG):
+        other = BenchConfig.from_yaml(grid)
+        assert other.out_dir == "benchmarks/results/world", grid
+        assert (other.dataset, other.tasks, other.train_domain, other.test_domains) == (
+            dem.dataset,
+            dem.tasks,
+            dem.train_domain,
+            dem.test_domains,
+        )
+        assert set(dem.fractions) <= set(other.fractions) and other.seeds == dem.seeds
+        assert other.train == dem.train
+        for name, settings in dem.methods.items():
+            assert other.methods[name] == settings, (grid.name, name)
