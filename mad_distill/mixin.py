@@ -264,6 +264,21 @@ class MADMixin:
                 )
         return out
 
+    def mad_teacher_labels(self, batch: MADBatch) -> Tensor:
+        """The CLIP teacher's zero-shot prediction ``[B]`` (long) over ``batch.candidates``.
+
+        For distilling on unlabelled inputs: put it in ``MADBatch.labels`` so the
+        label-reading weight modes (``gt_prob``, ``correct``, ``gain``) weight an unlabelled
+        item by the teacher's confidence in its own answer. Never the ground truth.
+        """
+        teach = self.mad_teacher_outputs(batch, frozenset({"zero_shot"}))
+        if teach.zero_shot is None:
+            raise ValueError(
+                "mad_teacher_outputs returned no zero_shot logits; the teacher's labels need "
+                "MADBatch.candidates"
+            )
+        return teach.zero_shot.argmax(-1)
+
     # ------------------------------------------------------------------ the loss
     def mad_loss(self, batch: MADBatch, student: StudentTokens) -> Tensor:
         """The weighted distillation loss of one batch (add it to the task loss).

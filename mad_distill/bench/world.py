@@ -21,6 +21,7 @@ threads are :data:`RUNTIME` options (:func:`set_runtime`): they do not change re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 
 from mad_distill._optim import decay_param_groups, warmup_cosine
@@ -169,15 +171,38 @@ def pretrained_student(spec: str) -> tuple[dict[str, Tensor], dict[str, Any], Wo
     return load_pretrained_student(WORLD_STUDENT_WEIGHTS if spec == "world-vl" else spec)
 
 
+#: per-method options of the world runner (not MADConfig fields), with their defaults
+METHOD_OPTIONS: dict[str, Any] = {
+    # also distil on this fraction of the training pool with its labels dropped (0: off)
+    "unlabeled": 0.0,
+}
+
+
+def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The runner's own options of a bench method (:data:`METHOD_OPTIONS`), checked."""
+    opts = {k: (method_cfg or {}).get(k, v) for k, v in METHOD_OPTIONS.items()}
+    u = opts["unlabeled"]
+    if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0 <= u <= 1:
+        raise ValueError(
+            f"unlabeled must be a fraction of the training pool in [0, 1] (0: off), got {u!r}"
+        )
+    return opts
+
+
 def mad_config_for(method_cfg: Mapping[str, Any], opts: Mapping[str, Any]) -> MADConfig:
     """A bench method's partial MAD config completed with the runner's teachers."""
-    data = dict(method_cfg)
+    data = {k: v for k, v in method_cfg.items() if k not in METHOD_OPTIONS}
     if "teachers" not in data:
         teachers = {"clip": opts["teacher"]}
         if opts.get("text_teacher"):
             teachers["text"] = opts["text_teacher"]
         data["teachers"] = teachers
-    return MADConfig.from_dict(data)
+    try:
+        return MADConfig.from_dict(data)
+    except ValueError as err:
+        if "unknown field" in str(err):
+            raise ValueError(f"{err}; the world runner also takes {tuple(METHOD_OPTIONS)}") from err
+        raise
 
 
 def check_task(task: str) -> tuple[str, str]:
@@ -267,8 +292,14 @@ class TeacherFeatureStore:
         return key in self._items
 
     @torch.no_grad()
-    def fill(self, dataset, batch_size: int = 128) -> None:
-        """Compute the outputs of every item of a ``WorldTaskDataset`` not stored yet."""
+    def fill(self, dataset, batch_size: int = 128, unlabeled: bool = False) -> None:
+        """Compute the outputs of every item of a ``WorldTaskDataset`` not stored yet.
+
+        ``unlabeled=True`` stores the items as unlabelled inputs, under
+        ``key + UNLABELED_SUFFIX``: the teachers then never read the ground truth, so VCR's
+        text is the question with the teacher's zero-shot choice, not the correct one (see
+        :func:`unlabeled_view`).
+        """
         from mad_distill.data.world.zero_shot import group_logits, images_to_tensor
 
         clip = self.teachers["clip"]
@@ -283,20 +314,23 @@ class TeacherFeatureStore:
             pos = positions[start : start + batch_size]
             batch = dataset.collate(pos)
             mad = batch.mad
-            todo = [i for i, k in enumerate(mad.keys) if k not in self._items]
+            keys = [k + UNLABELED_SUFFIX for k in mad.keys] if unlabeled else mad.keys
+            todo = [i for i, k in enumerate(keys) if k not in self._items]
             if not todo:
                 continue
             raw = dataset.images(pos)
             images = images_to_tensor(raw, mean, std).to(clip.device)
             image = clip.encode_image(images)
-            texts = list(mad.texts)
-            clip_text = clip.encode_text(texts)
-            text = self.teachers["text"].encode_text(texts) if "text" in self.teachers else None
             cand = clip.zero_shot_logits(image.pooled, mad.candidates).float().cpu()
             groups = mad.extra["candidate_groups"]
             cls = group_logits(cand, groups, self.num_classes)
             floor = cand.min(dim=1, keepdim=True).values - 1e3
             cls = torch.where(torch.isfinite(cls), cls, floor.expand_as(cls))
+            texts = list(mad.texts)
+            if unlabeled and batch.choices is not None:
+                texts = _choice_texts(batch, cls.argmax(-1))
+            clip_text = clip.encode_text(texts)
+            text = self.teachers["text"].encode_text(texts) if "text" in self.teachers else None
             for i in todo:
                 item = {
                     "img_tokens": image.tokens[i].cpu(),
@@ -310,7 +344,7 @@ class TeacherFeatureStore:
                 item.update(_text_item("clip_text", clip_text, i))
                 if text is not None:
                     item.update(_text_item("text", text, i))
-                self._items[mad.keys[i]] = item
+                self._items[keys[i]] = item
             self._grid = image.grid
 
     def outputs(self, batch: MADBatch, required: frozenset[str], device) -> MADTeacherOutputs:
@@ -395,6 +429,58 @@ def _text_batch(prefix: str, items: Sequence[dict[str, Tensor]], device) -> Teac
 #: process-wide teachers and stores: every method and seed of a bench reuses them
 _TEACHERS: dict[tuple, dict[str, torch.nn.Module]] = {}
 _STORES: dict[tuple, TeacherFeatureStore] = {}
+
+
+# ----------------------------------------------------------------------------- unlabelled inputs
+#: store-key suffix of an item used as an unlabelled input (its teacher text may differ)
+UNLABELED_SUFFIX = "#unlabeled"
+
+
+def _choice_texts(batch, choice: Tensor) -> list[str]:
+    """VCR: the question read with choice ``choice[b]`` (the text a teacher sees)."""
+    return [f"{t} {c[int(k)]}" for t, c, k in zip(batch.texts, batch.choices, choice.tolist())]
+
+
+def unlabeled_view(batch, module: MADMixin):
+    """``batch`` as unlabelled distillation inputs: every label is the teacher's zero-shot
+    prediction (:meth:`~mad_distill.mixin.MADMixin.mad_teacher_labels`), VCR's distilled text
+    is the question with that choice, store keys carry :data:`UNLABELED_SUFFIX`, and the VQA
+    soft scores are dropped, so nothing downstream can read the ground truth."""
+    keys = [k + UNLABELED_SUFFIX for k in batch.mad.keys]
+    probe = dataclasses.replace(batch.mad, keys=keys, labels=None)
+    labels = module.mad_teacher_labels(probe).to(batch.labels.device)
+    texts = batch.mad.texts if batch.choices is None else _choice_texts(batch, labels)
+    mad = dataclasses.replace(batch.mad, texts=list(texts), labels=labels, keys=keys)
+    return dataclasses.replace(
+        batch, labels=labels, mad=mad, answer_scores=None, rationale_labels=None
+    )
+
+
+def _concat(first, second):
+    """Two world batches as one (``first``'s rows, then ``second``'s)."""
+
+    def cat(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return None
+        if isinstance(a, Tensor):
+            return torch.cat([a, b])
+        if isinstance(a, list):
+            return a + b
+        if isinstance(a, dict):
+            return {k: cat(a[k], b[k]) if k in b else a[k] for k in a}
+        return a  # task / domain strings: equal
+
+    mad = MADBatch(
+        **{
+            f.name: cat(getattr(first.mad, f.name), getattr(second.mad, f.name))
+            for f in dataclasses.fields(first.mad)
+        }
+    )
+    kw = {
+        f.name: cat(getattr(first, f.name), getattr(second, f.name))
+        for f in dataclasses.fields(first)
+    }
+    return type(first)(**{**kw, "mad": mad})
 
 
 def _teachers(clip_spec: str, text_spec: str | None) -> dict[str, torch.nn.Module]:
@@ -544,9 +630,18 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         return F.cross_entropy(logits.float(), batch.labels)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        # a mapping {"labeled": ..., "unlabeled": ...} when the method also distils on
+        # unlabelled inputs: one forward over both, the task loss on the labelled rows only
+        labeled = batch["labeled"] if isinstance(batch, Mapping) else batch
+        unlabeled = batch.get("unlabeled") if isinstance(batch, Mapping) else None
+        if unlabeled is not None and self.distill:
+            batch = _concat(labeled, unlabeled_view(unlabeled, self))
+        else:
+            batch = labeled
         out = self(batch)
-        loss = self._task_loss(out.logits, batch)
-        self.log("task", loss, prog_bar=True, batch_size=len(batch))
+        b = len(labeled)
+        loss = self._task_loss(out.logits[:b], labeled)
+        self.log("task", loss, prog_bar=True, batch_size=b)
         if self.distill:
             loss = loss + self.mad_loss(batch.mad, out.tokens)
         return loss
@@ -660,7 +755,20 @@ def run_world(run, bench) -> dict:
         for d in bench.test_domains
     ]
     n_cls = num_classes(world_task)
-    mad = teachers = store = None
+    unlabeled = method_options(method_cfg)["unlabeled"]
+    mad = teachers = store = unlabeled_ds = None
+    if unlabeled:
+        u_idx = _train_indices(
+            world_task,
+            float(unlabeled),
+            int(run.seed),
+            opts["pool_size"],
+            opts["world_seed"],
+            vcr_mode,
+        )
+        unlabeled_ds = _dataset(
+            world_task, bench.train_domain, "train", u_idx, opts["world_seed"], vcr_mode
+        )
     if method_cfg is not None:
         mad = mad_config_for(method_cfg, opts)
         teachers = _teachers(opts["teacher"], opts.get("text_teacher"))
@@ -669,6 +777,8 @@ def run_world(run, bench) -> dict:
         if store is None:
             store = _STORES[skey] = TeacherFeatureStore(teachers, n_cls)
         store.fill(train_ds)
+        if unlabeled_ds is not None:
+            store.fill(unlabeled_ds, unlabeled=True)
     t_teacher = time.perf_counter() - t0
 
     steps_per_epoch = math.ceil(len(train_ds) / opts["batch_size"])
@@ -712,7 +822,17 @@ def run_world(run, bench) -> dict:
             num_sanity_val_steps=0,
             limit_val_batches=0,
         )
-        trainer.fit(module, train_dataloaders=_loader(train_ds, opts["batch_size"], True, run.seed))
+        loader = _loader(train_ds, opts["batch_size"], True, run.seed)
+        if unlabeled_ds is not None:
+            # cycles the labelled loader (reshuffled each pass) beside the unlabelled one
+            loader = CombinedLoader(
+                {
+                    "labeled": loader,
+                    "unlabeled": _loader(unlabeled_ds, opts["batch_size"], True, run.seed + 1),
+                },
+                mode="max_size_cycle",
+            )
+        trainer.fit(module, train_dataloaders=loader)
         t_fit = time.perf_counter() - t0 - t_teacher
         trainer.test(
             module,
@@ -723,6 +843,7 @@ def run_world(run, bench) -> dict:
     return {
         "metrics": {d: round(acc[i], 3) for i, d in enumerate(bench.test_domains)},
         "train_size": len(train_ds),
+        "unlabeled_size": len(unlabeled_ds) if unlabeled_ds is not None else 0,
         "steps": total,
         "teacher": opts["teacher"] if mad is not None else None,
         "student": opts["student"],

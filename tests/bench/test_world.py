@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -217,3 +218,91 @@ def test_parallel_workers_give_the_sequential_results(tmp_path, world_clip_spec)
     assert len(list((tmp_path / "par" / "runs").glob("*.json"))) == 2
     with pytest.raises(ValueError, match="workers"):
         harness.run_bench(par, workers=0)
+
+
+# ----------------------------------------------------------------------------- unlabelled inputs
+def test_method_options_are_checked_and_kept_out_of_the_mad_config():
+    from mad_distill.bench.world import method_options
+
+    assert method_options(None) == {"unlabeled": 0.0}
+    assert method_options({"unlabeled": 0.2, "select": {"ratio": 0.3}})["unlabeled"] == 0.2
+    for bad in (-0.1, 1.5, True, "0.2"):
+        with pytest.raises(ValueError, match="unlabeled"):
+            method_options({"unlabeled": bad})
+    cfg = mad_config_for({"unlabeled": 0.2, "select": {"ratio": 0.3}}, {"teacher": "world-clip"})
+    assert "unlabeled" not in cfg.to_dict(serializable=True)
+    with pytest.raises(ValueError, match=r"unlabled.*also takes \('unlabeled',\)"):
+        mad_config_for({"unlabled": 0.2}, {"teacher": "world-clip"})
+
+
+@pytest.mark.parametrize("task", ["vqa", "vcr"])
+def test_unlabeled_view_never_reads_the_ground_truth(world_clip_spec, task):
+    """Unlabelled items are labelled by the teacher's zero-shot prediction, their distilled
+    (VCR) text follows that choice, and scrambling the true labels changes nothing."""
+    from mad_distill.bench.world import UNLABELED_SUFFIX, unlabeled_view
+    from mad_distill.data.world.tasks import num_classes
+
+    teachers = _teachers(world_clip_spec, None)
+    store = TeacherFeatureStore(teachers, num_classes(task))
+    ds = _dataset(task, "flat", "train", tuple(range(20, 36)), 0, "q2a")
+    store.fill(ds, unlabeled=True)
+    module = WorldTaskModule(
+        task,
+        len(world_tokenizer()),
+        num_classes(task),
+        mad=mad_config_for({}, {"teacher": world_clip_spec}),
+        teachers=teachers,
+        store=store,
+        dim=32,
+        depth=1,
+        heads=2,
+        tokenizer=world_tokenizer(),
+    )
+    batch = ds.collate(list(range(16)))
+    view = unlabeled_view(batch, module)
+    keys = [k + UNLABELED_SUFFIX for k in batch.mad.keys]
+    zero_shot = torch.stack([store._items[k]["zero_shot"] for k in keys])
+    assert torch.equal(view.labels, zero_shot.argmax(-1))
+    assert torch.equal(view.mad.labels, view.labels)
+    assert view.mad.keys == keys and view.answer_scores is None
+    if task == "vcr":
+        want = [f"{t} {c[y]}" for t, c, y in zip(batch.texts, batch.choices, view.labels.tolist())]
+        assert view.mad.texts == want
+        # the stored teacher text is the text of the teacher's choice too
+        direct = teachers["clip"].encode_text(want[:1])
+        n = int(store._items[keys[0]]["clip_text/mask"].sum())
+        torch.testing.assert_close(
+            store._items[keys[0]]["clip_text/tokens"][:n],
+            direct.tokens[0, :n],
+            atol=1e-4,
+            rtol=1e-4,
+        )
+        assert (view.labels != batch.labels).any()  # a random teacher is often wrong
+    scrambled = dataclasses.replace(
+        batch,
+        labels=(batch.labels + 1) % num_classes(task),
+        mad=dataclasses.replace(batch.mad, texts=["?"] * 16, labels=batch.labels.flip(0)),
+    )
+    again = unlabeled_view(scrambled, module)
+    assert torch.equal(again.labels, view.labels)
+    if task == "vcr":
+        assert again.mad.texts == view.mad.texts
+
+
+def test_distilling_on_unlabeled_inputs_runs_and_changes_the_result(tmp_path, world_clip_spec):
+    mad = {"select": {"ratio": 0.3}, "weight": {"mode": "gain"}}
+    bench = _bench(
+        tmp_path,
+        world_clip_spec,
+        tasks=["vcr"],
+        methods={"MAD": mad, "MAD-U": {**mad, "unlabeled": 0.01}},
+    )
+    plain = run_world(RunSpec("vcr", "MAD", 0.002, 0), bench)
+    with_u = run_world(RunSpec("vcr", "MAD-U", 0.002, 0), bench)
+    assert plain["unlabeled_size"] == 0 and with_u["unlabeled_size"] == 20
+    assert with_u["train_size"] == plain["train_size"] == 4
+    assert with_u["metrics"] != plain["metrics"]
+    assert with_u == {
+        **run_world(RunSpec("vcr", "MAD-U", 0.002, 0), bench),
+        "timing": with_u["timing"],
+    }
