@@ -738,17 +738,15 @@ def run_world(run, bench) -> dict:
     if RUNTIME["threads"]:
         torch.set_num_threads(int(RUNTIME["threads"]))
     t0, cpu0 = time.perf_counter(), time.process_time()
-    indices = _train_indices(
-        world_task,
-        float(run.fraction),
-        int(run.seed),
-        opts["pool_size"],
-        opts["world_seed"],
-        vcr_mode,
-    )
-    train_ds = _dataset(
-        world_task, bench.train_domain, "train", indices, opts["world_seed"], vcr_mode
-    )
+
+    def train_split(fraction: float):
+        """The nested training-pool fraction of this run's seed, on the training domain."""
+        idx = _train_indices(
+            world_task, fraction, int(run.seed), opts["pool_size"], opts["world_seed"], vcr_mode
+        )
+        return _dataset(world_task, bench.train_domain, "train", idx, opts["world_seed"], vcr_mode)
+
+    train_ds = train_split(float(run.fraction))
     test_idx = tuple(range(opts["test_size"]))
     test_ds = [
         _dataset(world_task, d, "test", test_idx, opts["world_seed"], vcr_mode)
@@ -756,19 +754,9 @@ def run_world(run, bench) -> dict:
     ]
     n_cls = num_classes(world_task)
     unlabeled = method_options(method_cfg)["unlabeled"]
-    mad = teachers = store = unlabeled_ds = None
-    if unlabeled:
-        u_idx = _train_indices(
-            world_task,
-            float(unlabeled),
-            int(run.seed),
-            opts["pool_size"],
-            opts["world_seed"],
-            vcr_mode,
-        )
-        unlabeled_ds = _dataset(
-            world_task, bench.train_domain, "train", u_idx, opts["world_seed"], vcr_mode
-        )
+    mad = teachers = store = None
+    # labels dropped: see unlabeled_view
+    unlabeled_ds = train_split(float(unlabeled)) if unlabeled else None
     if method_cfg is not None:
         mad = mad_config_for(method_cfg, opts)
         teachers = _teachers(opts["teacher"], opts.get("text_teacher"))

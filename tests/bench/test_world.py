@@ -47,6 +47,24 @@ def _bench(tmp_path, spec, **kw) -> BenchConfig:
     return BenchConfig(**args)
 
 
+def _tiny_module(task, spec, teachers, store=None) -> WorldTaskModule:
+    """A small distilling student on ``task`` with the given (random-weight) teachers."""
+    from mad_distill.data.world.tasks import num_classes
+
+    return WorldTaskModule(
+        task,
+        len(world_tokenizer()),
+        num_classes(task),
+        mad=mad_config_for({}, {"teacher": spec}),
+        teachers=teachers,
+        store=store,
+        dim=32,
+        depth=1,
+        heads=2,
+        tokenizer=world_tokenizer(),
+    )
+
+
 def test_train_options_reject_bad_values():
     with pytest.raises(ValueError, match="unknown option.*epoch"):
         train_options({"epoch": 3})
@@ -140,17 +158,7 @@ def test_store_serves_what_the_teachers_compute(world_clip_spec, task):
     # the mixin's own path, on a dataset that carries teacher images (open_clip's transform)
     with_images = WorldTaskDataset(task, "flat", [3, 5, 8, 13], split="train")
     batch = with_images.collate([0, 1, 2, 3])
-    module = WorldTaskModule(
-        task,
-        len(world_tokenizer()),
-        num_classes(task),
-        mad=mad_config_for({}, {"teacher": world_clip_spec}),
-        teachers=teachers,
-        dim=32,
-        depth=1,
-        heads=2,
-        tokenizer=world_tokenizer(),
-    )
+    module = _tiny_module(task, world_clip_spec, teachers)
     need = module.mad_required_outputs()
     direct = super(WorldTaskModule, module).mad_teacher_outputs(batch.mad, need)
     cached = store.outputs(batch.mad, need, torch.device("cpu"))
@@ -246,18 +254,7 @@ def test_unlabeled_view_never_reads_the_ground_truth(world_clip_spec, task):
     store = TeacherFeatureStore(teachers, num_classes(task))
     ds = _dataset(task, "flat", "train", tuple(range(20, 36)), 0, "q2a")
     store.fill(ds, unlabeled=True)
-    module = WorldTaskModule(
-        task,
-        len(world_tokenizer()),
-        num_classes(task),
-        mad=mad_config_for({}, {"teacher": world_clip_spec}),
-        teachers=teachers,
-        store=store,
-        dim=32,
-        depth=1,
-        heads=2,
-        tokenizer=world_tokenizer(),
-    )
+    module = _tiny_module(task, world_clip_spec, teachers, store)
     batch = ds.collate(list(range(16)))
     view = unlabeled_view(batch, module)
     keys = [k + UNLABELED_SUFFIX for k in batch.mad.keys]
