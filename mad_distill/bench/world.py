@@ -300,6 +300,7 @@ class TeacherFeatureStore:
         text is the question with the teacher's zero-shot choice, not the correct one (see
         :func:`unlabeled_view`).
         """
+        from mad_distill.data.world.datamodule import choice_texts
         from mad_distill.data.world.zero_shot import group_logits, images_to_tensor
 
         clip = self.teachers["clip"]
@@ -328,7 +329,7 @@ class TeacherFeatureStore:
             cls = torch.where(torch.isfinite(cls), cls, floor.expand_as(cls))
             texts = list(mad.texts)
             if unlabeled and batch.choices is not None:
-                texts = _choice_texts(batch, cls.argmax(-1))
+                texts = choice_texts(batch.texts, batch.choices, cls.argmax(-1))
             clip_text = clip.encode_text(texts)
             text = self.teachers["text"].encode_text(texts) if "text" in self.teachers else None
             for i in todo:
@@ -436,20 +437,21 @@ _STORES: dict[tuple, TeacherFeatureStore] = {}
 UNLABELED_SUFFIX = "#unlabeled"
 
 
-def _choice_texts(batch, choice: Tensor) -> list[str]:
-    """VCR: the question read with choice ``choice[b]`` (the text a teacher sees)."""
-    return [f"{t} {c[int(k)]}" for t, c, k in zip(batch.texts, batch.choices, choice.tolist())]
-
-
 def unlabeled_view(batch, module: MADMixin):
     """``batch`` as unlabelled distillation inputs: every label is the teacher's zero-shot
     prediction (:meth:`~mad_distill.mixin.MADMixin.mad_teacher_labels`), VCR's distilled text
     is the question with that choice, store keys carry :data:`UNLABELED_SUFFIX`, and the VQA
     soft scores are dropped, so nothing downstream can read the ground truth."""
+    from mad_distill.data.world.datamodule import choice_texts
+
     keys = [k + UNLABELED_SUFFIX for k in batch.mad.keys]
     probe = dataclasses.replace(batch.mad, keys=keys, labels=None)
     labels = module.mad_teacher_labels(probe).to(batch.labels.device)
-    texts = batch.mad.texts if batch.choices is None else _choice_texts(batch, labels)
+    texts = (
+        batch.mad.texts
+        if batch.choices is None
+        else choice_texts(batch.texts, batch.choices, labels)
+    )
     mad = dataclasses.replace(batch.mad, texts=list(texts), labels=labels, keys=keys)
     return dataclasses.replace(
         batch, labels=labels, mad=mad, answer_scores=None, rationale_labels=None

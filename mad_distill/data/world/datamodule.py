@@ -55,6 +55,14 @@ def _to(x: Any, device: torch.device | str) -> Any:
     return x
 
 
+def choice_texts(
+    texts: Sequence[str], choices: Sequence[Sequence[str]], picks: Tensor
+) -> list[str]:
+    """VCR: each text read with its picked choice, ``texts[b] + " " + choices[b][picks[b]]``
+    (what the teachers read, and the student's text for that choice)."""
+    return [f"{t} {c[int(k)]}" for t, c, k in zip(texts, choices, picks.tolist())]
+
+
 @dataclass
 class WorldBatch:
     """A collated world batch.
@@ -218,7 +226,7 @@ class WorldTaskDataset(Dataset):
                 choices = [list(x.rationales) for x in insts]
                 candidates = [list(x.rationale_candidates) for x in insts]
             # the text the student reads for its ground-truth candidate
-            mad_texts = [f"{t} {c[y]}" for t, c, y in zip(texts, choices, labels.tolist())]
+            mad_texts = choice_texts(texts, choices, labels)
             extra["candidate_groups"] = torch.arange(4).repeat(len(insts), 1)
         else:
             mad_texts = texts
