@@ -366,7 +366,7 @@ class TeacherFeatureStore:
             return torch.stack([it[name] for it in items]).to(device)
 
         out = MADTeacherOutputs()
-        if "image" in required or "zero_shot" in required:
+        if "image" in required:  # zero_shot is stored by itself
             out.image = TeacherImageOutput(
                 tokens=stack("img_tokens"),
                 grid=self._grid,
