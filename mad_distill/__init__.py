@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "TeacherTextOutput": "mad_distill.types",
     "select_tokens": "mad_distill.selection",
     "confidence_weights": "mad_distill.weighting",
+    "group_class_logits": "mad_distill.class_groups",
     "feature_distill_loss": "mad_distill.losses",
     "token_kl_loss": "mad_distill.losses",
     "instance_kl_loss": "mad_distill.losses",
@@ -62,6 +63,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from mad_distill.align import Projector
+    from mad_distill.class_groups import group_class_logits
     from mad_distill.config import (
         FeatConfig,
         KLConfig,

@@ -371,6 +371,10 @@ class MADConfig:
         kl: KL losses, :class:`KLConfig` or a dict.
         kernels: ``auto`` (Triton on CUDA when available, else the PyTorch reference),
             ``triton`` or ``reference``.
+        class_groups: what the CLIP teacher's zero-shot scores can tell apart, one group id per
+            task class (``None``: every class). With it the instance-level KL and the confidence
+            weights compare group probabilities (:mod:`mad_distill.class_groups`); SNLI-VE with
+            CLIP: ``[0, 0, 1]`` (entailment and neutral are one group, contradiction the other).
 
     Example:
         >>> MADConfig(teachers={"clip": my_clip}, select=dict(source="attention", k=8))
@@ -382,6 +386,7 @@ class MADConfig:
     feat: FeatConfig = field(default_factory=FeatConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     kernels: str = "auto"
+    class_groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -394,6 +399,10 @@ class MADConfig:
         self.feat = _coerce(FeatConfig, self.feat, "feat")
         self.kl = _coerce(KLConfig, self.kl, "kl")
         self.kernels = _choice(self.kernels, "kernels", KERNELS)
+        if self.class_groups is not None:
+            from mad_distill.class_groups import check_class_groups
+
+            self.class_groups = check_class_groups(self.class_groups)
         self._check_roles()
         return self
 
@@ -440,6 +449,7 @@ class MADConfig:
             "feat": self.feat.to_dict(),
             "kl": self.kl.to_dict(),
             "kernels": self.kernels,
+            "class_groups": None if self.class_groups is None else list(self.class_groups),
         }
 
     @classmethod

@@ -16,6 +16,7 @@ gradient buckets or ``.train()``; the projection heads are ordinary submodules
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mad_distill.align import Projector, pool_words, resize_grid, split_words
+from mad_distill.class_groups import best_class_in_best_group, group_class_logits, group_labels
 from mad_distill.config import MADConfig
 from mad_distill.distributed import is_distributed, reduce_mad_parts
 from mad_distill.losses import feature_distill_loss, instance_kl_loss, token_kl_loss
@@ -38,7 +40,7 @@ from mad_distill.types import (
     TeacherImageOutput,
     TeacherTextOutput,
 )
-from mad_distill.weighting import confidence_weights
+from mad_distill.weighting import LABEL_MODES, confidence_weights
 
 #: what :meth:`MADMixin.mad_teacher_outputs` may be asked for
 TEACHER_OUTPUTS = ("image", "clip_text", "text", "zero_shot")
@@ -240,7 +242,7 @@ class MADMixin:
         with torch.no_grad(), _autocast_off():
             for teacher in teachers.values():
                 teacher.eval()  # cheap guard: nothing may turn dropout on in a teacher
-            if "image" in required:
+            if "image" in required or "zero_shot" in required:  # zero-shot reads the pooled
                 if batch.teacher_images is None:
                     raise ValueError(
                         "MADBatch.teacher_images is None, but the config needs the CLIP image "
@@ -269,7 +271,8 @@ class MADMixin:
 
         For distilling on unlabelled inputs: put it in ``MADBatch.labels`` so the
         label-reading weight modes (``gt_prob``, ``correct``, ``gain``) weight an unlabelled
-        item by the teacher's confidence in its own answer. Never the ground truth.
+        item by the teacher's confidence in its own answer. Never the ground truth. With
+        ``class_groups``: the best class of the teacher's most probable group.
         """
         teach = self.mad_teacher_outputs(batch, frozenset({"zero_shot"}))
         if teach.zero_shot is None:
@@ -277,10 +280,18 @@ class MADMixin:
                 "mad_teacher_outputs returned no zero_shot logits; the teacher's labels need "
                 "MADBatch.candidates"
             )
-        return teach.zero_shot.argmax(-1)
+        return self._mad_teacher_argmax(teach.zero_shot)
+
+    def _mad_teacher_argmax(self, zero_shot: Tensor) -> Tensor:
+        groups = self.mad_config.class_groups
+        if groups is not None:
+            return best_class_in_best_group(zero_shot, groups)
+        return zero_shot.argmax(-1)
 
     # ------------------------------------------------------------------ the loss
-    def mad_loss(self, batch: MADBatch, student: StudentTokens) -> Tensor:
+    def mad_loss(
+        self, batch: MADBatch, student: StudentTokens, teacher_labels: bool = False
+    ) -> Tensor:
         """The weighted distillation loss of one batch (add it to the task loss).
 
         Follows DESIGN.md section 1: per modality, align teacher tokens to the student's
@@ -293,6 +304,10 @@ class MADMixin:
 
         Logs ``mad/feat``, ``mad/kl``, ``mad/weight_mean``, ``mad/selected_frac`` (prefixed
         ``val_`` outside training) and keeps them in :attr:`mad_last`.
+
+        ``teacher_labels=True`` (for unlabelled inputs): the label-reading weight modes read the
+        teacher's own zero-shot prediction (as :meth:`mad_teacher_labels`, from the outputs this
+        call computes anyway) instead of ``batch.labels``, which is then ignored.
 
         Returns:
             Scalar fp32 ``lambda_feat(t) * L_feat + lambda_kl(t) * L_kl``.
@@ -313,6 +328,8 @@ class MADMixin:
         device = student.hidden.device
         teach = self.mad_teacher_outputs(batch, self.mad_required_outputs())
 
+        if teacher_labels and cfg.weight.mode in LABEL_MODES:  # zero_shot was required
+            batch = dataclasses.replace(batch, labels=self._mad_teacher_argmax(teach.zero_shot))
         weights = self._mad_weights(batch, teach, b, device, student.logits)
         backend = cfg.kernels
         zero = student.hidden.new_zeros((), dtype=torch.float32)
@@ -343,9 +360,11 @@ class MADMixin:
                     f"{None if t_logits is None else tuple(t_logits.shape)}: give one candidate "
                     "per student class, in the same order, or set kl.instance_level=False"
                 )
-            kl = kl + instance_kl_loss(
-                student.logits, t_logits.to(device), weights, cfg.kl.tau, backend=backend
-            )
+            s_logits, t_logits = student.logits, t_logits.to(device)
+            if cfg.class_groups is not None:  # the teacher's split inside a group is noise
+                s_logits = group_class_logits(s_logits, cfg.class_groups, cfg.kl.tau)
+                t_logits = group_class_logits(t_logits, cfg.class_groups, cfg.kl.tau)
+            kl = kl + instance_kl_loss(s_logits, t_logits, weights, cfg.kl.tau, backend=backend)
 
         loss = lam_feat * feat + lam_kl * kl
         parts = {
@@ -390,8 +409,15 @@ class MADMixin:
         if cfg.weight.mode == "uniform":
             return torch.ones(b, device=device)
         labels = None if batch.labels is None else batch.labels.to(teach.zero_shot.device)
+        t_logits = teach.zero_shot
+        if cfg.class_groups is not None:
+            t_logits = group_class_logits(t_logits, cfg.class_groups)
+            if student_logits is not None and cfg.weight.mode == "gain":
+                student_logits = group_class_logits(student_logits, cfg.class_groups)
+            if labels is not None and not labels.is_floating_point():
+                labels = group_labels(labels, cfg.class_groups)
         w = confidence_weights(
-            teach.zero_shot,
+            t_logits,
             labels,
             mode=cfg.weight.mode,
             gamma=cfg.weight.gamma,

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from mad_distill.config import WEIGHT_MODES
 
-_LABEL_MODES = ("gt_prob", "correct", "gain")
+#: the weight modes that read the labels
+LABEL_MODES = ("gt_prob", "correct", "gain")
 
 
 def normalize_weights(
@@ -94,7 +95,7 @@ def _known(labels: Tensor, ignore_index: int | None) -> Tensor:
 def _check_labels(
     labels: Tensor | None, mode: str, b: int, c: int, ignore_index: int | None = -1
 ) -> Tensor | None:
-    if mode not in _LABEL_MODES:
+    if mode not in LABEL_MODES:
         return None
     if labels is None:
         raise ValueError(f"labels are required for weight mode {mode!r} (MADBatch.labels)")
@@ -150,7 +151,7 @@ def raw_confidence(
     y = _check_labels(labels, mode, b, c, ignore_index)
     if mode == "uniform":
         return torch.ones(b, device=p.device)
-    if mode in _LABEL_MODES:
+    if mode in LABEL_MODES:
         known = _known(y, ignore_index)
         y_safe = y.clamp(min=0)
         if mode == "gt_prob":

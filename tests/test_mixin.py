@@ -4,6 +4,7 @@ checkpoints and exact resume."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 
 import lightning as L
@@ -31,13 +32,13 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 class Student(MADMixin, L.LightningModule):
     """The built-in student with MAD; records its training losses."""
 
-    def __init__(self, config, tok, seed=0, patch=8, mlm_vocab=None, lr=1e-2):
+    def __init__(self, config, tok, seed=0, patch=8, mlm_vocab=None, lr=1e-2, num_classes=2):
         super().__init__()
         torch.manual_seed(seed)
         self.tok, self.lr = tok, lr
         self.model = BuiltinVLStudent(
             len(tok),
-            num_classes=2,
+            num_classes=num_classes,
             image_size=32,
             patch_size=patch,
             dim=32,
@@ -478,3 +479,60 @@ def test_gain_weights_use_the_students_own_logits(tiny_clip, word_tokenizer):
     assert torch.isfinite(loss)
     loss.backward()  # the weights are detached: gradients reach the student through the losses
     assert m.model.patch_embed.weight.grad is not None
+
+
+def test_class_groups_compare_group_probabilities(tiny_clip, word_tokenizer):
+    """With class_groups the instance KL and the gt_prob weights read group probabilities, and
+    the teacher's label comes from its best group."""
+    cands = ["a red cube", "a red cube that is heavy", "a blue ball"]
+    cfg = MADConfig(
+        teachers={"clip": tiny_clip},
+        feat=dict(weight=0.0),
+        kl=dict(weight=1.0, tau=2.0, token_level=False),
+        weight=dict(mode="gt_prob"),
+        class_groups=[0, 0, 1],
+    )
+    m = Student(cfg, word_tokenizer, num_classes=3)
+    imgs = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    out = m.model(imgs, **word_tokenizer(TEXTS))
+    labels = torch.tensor([0, 1, 2, 1])
+    batch = MADBatch(imgs, list(TEXTS), labels=labels, candidates=cands)
+    loss = m.mad_loss(batch, out.tokens)
+
+    z = tiny_clip.zero_shot_logits(tiny_clip.encode_image(imgs).pooled, cands)
+    pt, ps = z.softmax(-1), out.logits.softmax(-1)
+    pt_g = torch.stack([pt[:, :2].sum(-1), pt[:, 2]], -1)
+    w = pt_g.gather(1, torch.tensor([[0], [0], [1], [0]])).squeeze(1)
+    w = w / w.mean()
+    qt = (z / 2).softmax(-1)
+    qs = (out.logits / 2).softmax(-1)
+    qt_g = torch.stack([qt[:, :2].sum(-1), qt[:, 2]], -1)
+    qs_g = torch.stack([qs[:, :2].sum(-1), qs[:, 2]], -1)
+    kl = (qt_g * (qt_g.log() - qs_g.log())).sum(-1)
+    torch.testing.assert_close(loss, 4 * (w * kl).mean(), rtol=1e-5, atol=1e-6)
+    # the ungrouped loss differs: the teacher's split inside group 0 is no longer distilled
+    m.mad_config.class_groups = None
+    assert not torch.allclose(m.mad_loss(batch, out.tokens), loss)
+    assert ps.shape == (4, 3)
+
+    m.mad_config.class_groups = (0, 0, 1)
+    got = m.mad_teacher_labels(MADBatch(imgs, list(TEXTS), candidates=cands))
+    best = (pt_g.argmax(-1) == 1).long() * 2 + (pt_g.argmax(-1) == 0).long() * pt[:, :2].argmax(-1)
+    assert got.tolist() == best.tolist()
+
+
+@pytest.mark.parametrize("groups", [None, (0, 1)])
+def test_teacher_labels_weight_by_the_teachers_own_prediction(tiny_clip, word_tokenizer, groups):
+    """mad_loss(teacher_labels=True) equals mad_loss on the batch labelled by
+    mad_teacher_labels, never reads batch.labels, and works without any."""
+    cfg = MADConfig(teachers={"clip": tiny_clip}, weight=dict(mode="gt_prob"), class_groups=groups)
+    m = Student(cfg, word_tokenizer)
+    out, mad = _batch(word_tokenizer, m, n=4)
+    unlabelled = dataclasses.replace(mad, labels=None)
+    got = m.mad_loss(unlabelled, out.tokens, teacher_labels=True)
+    want = m.mad_loss(dataclasses.replace(mad, labels=m.mad_teacher_labels(unlabelled)), out.tokens)
+    torch.testing.assert_close(got, want)
+    scrambled = dataclasses.replace(mad, labels=1 - mad.labels)
+    torch.testing.assert_close(m.mad_loss(scrambled, out.tokens, teacher_labels=True), got)
+    with pytest.raises(ValueError, match="labels are required"):
+        m.mad_loss(unlabelled, out.tokens)

@@ -142,18 +142,26 @@ def expand_grid(bench: BenchConfig) -> list[RunSpec]:
 
 
 def run_fingerprint(
-    run: RunSpec, bench: BenchConfig, resolved_train: Mapping[str, Any] | None = None
+    run: RunSpec,
+    bench: BenchConfig,
+    resolved_train: Mapping[str, Any] | None = None,
+    resolve_method: Callable[[Any, str], Any] | None = None,
 ) -> str:
     """Hash of everything that determines a run's result; a stored run is reused only if equal.
 
     ``resolved_train``: the runner's options after defaults and the identities (checksums) of
     the files they name (a runner's ``resolve_train(bench.train)``), so a changed default or
-    re-shipped weights are not mistaken for a finished run.
+    re-shipped weights are not mistaken for a finished run. ``resolve_method(method, task)``:
+    the part of a method's config that applies to ``task`` (a runner's ``resolve_method``), so
+    a setting for one task does not rerun the others.
     """
+    method = bench.methods[run.method]
+    if resolve_method is not None:
+        method = resolve_method(method, run.task)
     payload = {
         "run": asdict(run),
         "dataset": bench.dataset,
-        "method": bench.methods[run.method],
+        "method": method,
         "train_domain": bench.train_domain,
         "test_domains": list(bench.test_domains),
         "train": bench.train if resolved_train is None else dict(resolved_train),
@@ -220,12 +228,14 @@ def run_bench(
     runner = runner or _resolve_runner(bench.dataset)
     grid = expand_grid(bench)
     # the dataset's registered runner defines the fingerprint, also when a wrapper runs it
-    resolve = getattr(_resolve_runner(bench.dataset), "resolve_train", None)
+    registered = _resolve_runner(bench.dataset)
+    resolve = getattr(registered, "resolve_train", None)
     resolved = resolve(bench.train) if resolve is not None else None
+    resolve_method = getattr(registered, "resolve_method", None)
     results: list[dict | None] = [None] * len(grid)
     todo = []
     for i, run in enumerate(grid):
-        fp = run_fingerprint(run, bench, resolved)
+        fp = run_fingerprint(run, bench, resolved, resolve_method)
         done = load_finished(_run_path(out_dir, run), fp)
         if done is not None:
             log(f"[{i + 1}/{len(grid)}] {run.key}: done earlier, skipped")

@@ -27,6 +27,7 @@ import logging
 import math
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -175,6 +176,8 @@ def pretrained_student(spec: str) -> tuple[dict[str, Tensor], dict[str, Any], Wo
 METHOD_OPTIONS: dict[str, Any] = {
     # also distil on this fraction of the training pool with its labels dropped (0: off)
     "unlabeled": 0.0,
+    # bench task -> MADConfig.class_groups for that task's runs (tasks not named: none)
+    "class_groups": {},
 }
 
 
@@ -186,12 +189,29 @@ def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(
             f"unlabeled must be a fraction of the training pool in [0, 1] (0: off), got {u!r}"
         )
+    groups = opts["class_groups"]
+    if not isinstance(groups, Mapping):
+        raise TypeError(
+            "class_groups must map bench tasks to group ids, e.g. {snli_ve: [0, 0, 1]}, got "
+            f"{type(groups).__name__}"
+        )
+    for task in groups:
+        try:
+            check_task(task)
+        except ValueError as err:
+            raise ValueError(f"class_groups: {err}") from None
     return opts
 
 
-def mad_config_for(method_cfg: Mapping[str, Any], opts: Mapping[str, Any]) -> MADConfig:
-    """A bench method's partial MAD config completed with the runner's teachers."""
+def mad_config_for(
+    method_cfg: Mapping[str, Any], opts: Mapping[str, Any], task: str | None = None
+) -> MADConfig:
+    """A bench method's partial MAD config completed with the runner's teachers (and, for
+    ``task``, the method's ``class_groups`` of that task)."""
     data = {k: v for k, v in method_cfg.items() if k not in METHOD_OPTIONS}
+    groups = method_options(method_cfg)["class_groups"].get(task)
+    if groups is not None:
+        data["class_groups"] = groups
     if "teachers" not in data:
         teachers = {"clip": opts["teacher"]}
         if opts.get("text_teacher"):
@@ -427,9 +447,41 @@ def _text_batch(prefix: str, items: Sequence[dict[str, Tensor]], device) -> Teac
     )
 
 
-#: process-wide teachers and stores: every method and seed of a bench reuses them
+#: process-wide teachers: every run of a bench reuses them
 _TEACHERS: dict[tuple, dict[str, torch.nn.Module]] = {}
-_STORES: dict[tuple, TeacherFeatureStore] = {}
+#: the most recent feature stores of this process, by (teachers, task, datasets)
+_STORES: OrderedDict[tuple, TeacherFeatureStore] = OrderedDict()
+_MAX_STORES = 4
+
+
+def _store_for(teachers, n_cls: int, opts, task: str, vcr_mode: str, train_ds, unlabeled_ds):
+    """The feature store of a run's datasets, filled.
+
+    Shared only by runs on the same training (and unlabelled) items, i.e. the methods of one
+    task x fraction x seed. The teacher's outputs are computed a dataset chunk at a time, and
+    their last bits depend on the chunk (CPU matmul kernels vary with the shape), so a store
+    shared with runs on other datasets (nested fractions, other seeds) would make a run's
+    result depend on which runs its worker process did before it; measured: up to 3 points
+    under domain shift.
+    """
+    ident = (
+        opts["teacher"],
+        opts.get("text_teacher"),
+        task,
+        vcr_mode,
+        train_ds.indices.tobytes(),
+        None if unlabeled_ds is None else unlabeled_ds.indices.tobytes(),
+    )
+    store = _STORES.get(ident)
+    if store is None:
+        store = _STORES[ident] = TeacherFeatureStore(teachers, n_cls)
+        store.fill(train_ds)
+        if unlabeled_ds is not None:
+            store.fill(unlabeled_ds, unlabeled=True)
+        while len(_STORES) > _MAX_STORES:
+            _STORES.popitem(last=False)
+    _STORES.move_to_end(ident)
+    return store
 
 
 # ----------------------------------------------------------------------------- unlabelled inputs
@@ -760,15 +812,9 @@ def run_world(run, bench) -> dict:
     # labels dropped: see unlabeled_view
     unlabeled_ds = train_split(float(unlabeled)) if unlabeled else None
     if method_cfg is not None:
-        mad = mad_config_for(method_cfg, opts)
+        mad = mad_config_for(method_cfg, opts, run.task)
         teachers = _teachers(opts["teacher"], opts.get("text_teacher"))
-        skey = (opts["teacher"], opts.get("text_teacher"), world_task, vcr_mode)
-        store = _STORES.get(skey)
-        if store is None:
-            store = _STORES[skey] = TeacherFeatureStore(teachers, n_cls)
-        store.fill(train_ds)
-        if unlabeled_ds is not None:
-            store.fill(unlabeled_ds, unlabeled=True)
+        store = _store_for(teachers, n_cls, opts, world_task, vcr_mode, train_ds, unlabeled_ds)
     t_teacher = time.perf_counter() - t0
 
     steps_per_epoch = math.ceil(len(train_ds) / opts["batch_size"])
@@ -848,8 +894,25 @@ def run_world(run, bench) -> dict:
     }
 
 
+def resolve_method(method_cfg: Mapping[str, Any] | None, task: str) -> Any:
+    """The part of a bench method that applies to ``task``, for the harness' fingerprints:
+    ``class_groups`` reduced to the task's entry (dropped when it has none), so giving one task
+    class groups does not rerun the others."""
+    if not isinstance(method_cfg, Mapping) or "class_groups" not in method_cfg:
+        return method_cfg
+    out = {k: v for k, v in method_cfg.items() if k != "class_groups"}
+    groups = method_cfg["class_groups"]
+    if isinstance(groups, Mapping) and task in groups:
+        out["class_groups"] = {task: groups[task]}
+    elif not isinstance(groups, Mapping):
+        out["class_groups"] = groups  # invalid: kept, the run itself reports it
+    return out
+
+
 # the harness fingerprints runs with the resolved options (defaults + packaged file checksums)
+# and the part of each method that applies to the run's task
 run_world.resolve_train = resolve_train  # type: ignore[attr-defined]
+run_world.resolve_method = resolve_method  # type: ignore[attr-defined]
 
 __all__ = [
     "TASK_VARIANTS",
@@ -859,6 +922,7 @@ __all__ = [
     "clear_caches",
     "mad_config_for",
     "pretrained_student",
+    "resolve_method",
     "resolve_train",
     "run_world",
     "set_runtime",

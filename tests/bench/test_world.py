@@ -15,6 +15,7 @@ from mad_distill.bench.world import (
     WorldTaskModule,
     _dataset,
     _teachers,
+    clear_caches,
     mad_config_for,
     run_world,
     train_options,
@@ -228,19 +229,75 @@ def test_parallel_workers_give_the_sequential_results(tmp_path, world_clip_spec)
         harness.run_bench(par, workers=0)
 
 
+def test_a_runs_teacher_outputs_do_not_depend_on_earlier_runs(tmp_path, world_clip_spec):
+    """Runs on other items (another seed, a nested fraction) get their own feature store, so a
+    run's teacher outputs are those of a fresh process whatever ran before it; runs on the same
+    items (other methods) share one."""
+    from mad_distill.bench import world
+
+    bench = _bench(tmp_path, world_clip_spec, fractions=[0.002, 0.004], seeds=[0, 1])
+    # one thread, as in the bench's workers: with several, a busy machine may change the
+    # kernels' split of the work, and with it the last bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    clear_caches()
+    world.run_world(RunSpec("snli_ve", "MAD", 0.004, 1), bench)
+    world.run_world(RunSpec("snli_ve", "MAD", 0.002, 0), bench)
+    after_others = next(reversed(world._STORES.values()))
+    world.run_world(RunSpec("snli_ve", "MAD", 0.002, 0), bench)
+    assert next(reversed(world._STORES.values())) is after_others  # same items: reused
+    assert len(world._STORES) == 2
+    clear_caches()
+    world.run_world(RunSpec("snli_ve", "MAD", 0.002, 0), bench)
+    fresh = next(reversed(world._STORES.values()))
+    assert set(after_others._items) == set(fresh._items)  # nothing from the earlier run
+    torch.set_num_threads(threads)
+    for key, item in fresh._items.items():
+        for name, value in item.items():
+            assert torch.equal(after_others._items[key][name], value), (key, name)
+
+
 # ----------------------------------------------------------------------------- unlabelled inputs
 def test_method_options_are_checked_and_kept_out_of_the_mad_config():
     from mad_distill.bench.world import method_options
 
-    assert method_options(None) == {"unlabeled": 0.0}
+    assert method_options(None) == {"unlabeled": 0.0, "class_groups": {}}
     assert method_options({"unlabeled": 0.2, "select": {"ratio": 0.3}})["unlabeled"] == 0.2
     for bad in (-0.1, 1.5, True, "0.2"):
         with pytest.raises(ValueError, match="unlabeled"):
             method_options({"unlabeled": bad})
     cfg = mad_config_for({"unlabeled": 0.2, "select": {"ratio": 0.3}}, {"teacher": "world-clip"})
     assert "unlabeled" not in cfg.to_dict(serializable=True)
-    with pytest.raises(ValueError, match=r"unlabled.*also takes \('unlabeled',\)"):
+    with pytest.raises(ValueError, match=r"unlabled.*also takes \('unlabeled', 'class_groups'\)"):
         mad_config_for({"unlabled": 0.2}, {"teacher": "world-clip"})
+
+
+def test_class_groups_apply_to_their_task_only():
+    from mad_distill.bench.world import method_options, resolve_method
+
+    method = {"class_groups": {"snli_ve": [0, 0, 1]}, "select": {"ratio": 0.3}}
+    opts = {"teacher": "world-clip"}
+    assert mad_config_for(method, opts, "snli_ve").class_groups == (0, 0, 1)
+    assert mad_config_for(method, opts, "vqa").class_groups is None
+    with pytest.raises(ValueError, match="class_groups: task: unknown world task 'snli'"):
+        method_options({"class_groups": {"snli": [0, 0, 1]}})
+    with pytest.raises(TypeError, match="class_groups must map bench tasks"):
+        method_options({"class_groups": [0, 0, 1]})
+    with pytest.raises(ValueError, match="class_groups must use every group id"):
+        mad_config_for({"class_groups": {"snli_ve": [0, 2, 2]}}, opts, "snli_ve")
+    # fingerprints: another task's groups do not rerun a task; its own do
+    bench = BenchConfig(
+        tasks=["vqa", "snli_ve"],
+        fractions=[0.01],
+        methods={"MAD": {"select": {"ratio": 0.3}}},
+        out_dir="unused",
+    )
+    grouped = dataclasses.replace(bench, methods={"MAD": method})
+    for task, same in (("vqa", True), ("snli_ve", False)):
+        run = RunSpec(task, "MAD", 0.01, 0)
+        a = harness.run_fingerprint(run, bench, None, resolve_method)
+        b = harness.run_fingerprint(run, grouped, None, resolve_method)
+        assert (a == b) is same
 
 
 @pytest.mark.parametrize("task", ["vqa", "vcr"])

@@ -147,6 +147,10 @@ def test_zero_shot_accuracy_function_reports_per_type(teacher):
     assert any(k.startswith("type/") for k in out)
     with pytest.raises(ValueError, match="n must be"):
         zero_shot_accuracy(teacher.model, teacher.tokenizer, "vcr", "flat", n=0)
+    snli = zero_shot_accuracy(teacher.model, teacher.tokenizer, "snli_ve", "flat", n=40)
+    # "holds" is a two-way judgement: every item counts, right or wrong (multiples of 2.5 %)
+    assert 0 <= snli["holds"] <= 100 and (snli["holds"] / 2.5) == round(snli["holds"] / 2.5)
+    assert "holds" not in out
     torch.manual_seed(0)
 
 
@@ -157,6 +161,7 @@ def test_zero_shot_command_prints_and_writes_the_table(tmp_path, capsys):
     assert cli.main(["zero-shot", "--n", "8", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| vqa | VQA acc |" in table and "| vcr | Q→AR |" in table
+    assert "| snli_ve | holds (E∪N vs C) |" in table
     results = json.loads(out.read_text())
     assert sorted(results) == ["snli_ve", "vcr", "vqa"]
     assert all(sorted(results[t]) == ["flat", "textured"] for t in results)

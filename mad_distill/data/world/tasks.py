@@ -49,6 +49,9 @@ TASKS: tuple[str, ...] = ("vqa", "snli_ve", "vcr")
 VQA_ANSWERS: tuple[str, ...] = COLOURS + SHAPES + ("0", "1", "2", "3") + ("yes", "no") + SIZES
 VQA_QUESTION_TYPES: tuple[str, ...] = ("colour", "count", "relation", "exists", "size")
 SNLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
+#: what a CLIP teacher can tell apart on SNLI-VE (``MADConfig.class_groups``): the hypothesis
+#: holds (entailment, neutral: its prompts differ by an unverifiable clause) or it does not
+SNLI_CLASS_GROUPS: tuple[int, ...] = (0, 0, 1)
 VCR_MODES: tuple[str, ...] = ("q2a", "qa2r")
 #: fixed number of teacher candidates per instance (padded with group -1)
 NUM_CANDIDATES: dict[str, int] = {"vqa": 9, "snli_ve": 11, "vcr": 4}

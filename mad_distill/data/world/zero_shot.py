@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mad_distill.class_groups import group_class_logits, group_labels
 from mad_distill.data.world.generator import generate_images, generate_scene, task_rng
 from mad_distill.data.world.render import check_domain
 from mad_distill.data.world.tasks import (
     _TASK_CODE,
+    SNLI_CLASS_GROUPS,
     check_task,
     make_instance,
     num_classes,
@@ -119,7 +121,9 @@ def zero_shot_accuracy(
     """Zero-shot accuracy (percent) of a CLIP model on the first ``n`` instances of a world split.
 
     Returns ``{"accuracy": ...}`` (VQA: the VQA soft score of the predicted answer; SNLI-VE:
-    accuracy; VCR: Q→A) plus, for VCR, ``"qa2r"`` and ``"q2ar"``, and per-type accuracies
+    accuracy; VCR: Q→A) plus, for VCR, ``"qa2r"`` and ``"q2ar"``, for SNLI-VE ``"holds"`` (the
+    accuracy of "the hypothesis holds" vs "it does not": the groups of
+    :data:`~mad_distill.data.world.tasks.SNLI_CLASS_GROUPS`), and per-type accuracies
     ``"type/<qtype>"``.
     """
     check_task(task)
@@ -135,6 +139,7 @@ def zero_shot_accuracy(
     c = num_classes(task)
     correct: list[float] = []
     correct_r: list[float] = []
+    correct_h: list[float] = []
     qtypes: list[str] = []
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
@@ -148,7 +153,12 @@ def zero_shot_accuracy(
         )
         logits = candidate_logits(model, embed, imgs, [x.candidates for x in insts])
         groups = torch.tensor([x.groups for x in insts])
-        pred = group_logits(logits, groups, c, reduce=reduce).argmax(-1).tolist()
+        class_logits = group_logits(logits, groups, c, reduce=reduce)
+        pred = class_logits.argmax(-1).tolist()
+        if task == "snli_ve":
+            held = group_class_logits(class_logits, SNLI_CLASS_GROUPS).argmax(-1)
+            truth = group_labels(torch.tensor([x.label for x in insts]), SNLI_CLASS_GROUPS)
+            correct_h += (held == truth).float().tolist()
         for x, p in zip(insts, pred):
             qtypes.append(x.qtype)
             if task == "vqa":
@@ -161,6 +171,8 @@ def zero_shot_accuracy(
                 float(p == x.rationale_label) for p, x in zip(rl.argmax(-1).tolist(), insts)
             ]
     out = {"accuracy": 100.0 * float(np.mean(correct))}
+    if task == "snli_ve":
+        out["holds"] = 100.0 * float(np.mean(correct_h))
     if task == "vcr":
         out["qa2r"] = 100.0 * float(np.mean(correct_r))
         out["q2ar"] = 100.0 * float(np.mean(np.array(correct) * np.array(correct_r)))
@@ -201,17 +213,16 @@ def zero_shot_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
         "|---|---|---|" + "---|" * len(domains),
     ]
     for task, per_domain in results.items():
-        metrics = ["accuracy"] + [k for k in ("qa2r", "q2ar") if k in per_domain[domains[0]]]
+        extra = ("qa2r", "q2ar", "holds")
+        metrics = ["accuracy"] + [k for k in extra if k in per_domain[domains[0]]]
         for m in metrics:
             name = (
                 {"vqa": "VQA acc", "snli_ve": "acc", "vcr": "Q→A"}[task]
                 if m == "accuracy"
-                else {
-                    "qa2r": "QA→R",
-                    "q2ar": "Q→AR",
-                }[m]
+                else {"qa2r": "QA→R", "q2ar": "Q→AR", "holds": "holds (E∪N vs C)"}[m]
             )
-            chance = {"qa2r": 25.0, "q2ar": 6.25}.get(m, chance_accuracy(task))
+            # "holds": a uniform guess between the two groups
+            chance = {"qa2r": 25.0, "q2ar": 6.25, "holds": 50.0}.get(m, chance_accuracy(task))
             row = " | ".join(f"{per_domain[d][m]:.1f}" for d in domains)
             lines.append(f"| {task} | {name} | {chance:.1f} | {row} |")
     return "\n".join(lines)
