@@ -51,7 +51,8 @@ def _membership(groups: Sequence[int], c: int, device: torch.device) -> Tensor:
             "one group id per task class"
         )
     g = torch.as_tensor(groups, dtype=torch.long, device=device)
-    return g.unsqueeze(1) == torch.arange(int(g.max()) + 1, device=device)
+    # the group count from the host-side list: g.max() would sync with the device every step
+    return g.unsqueeze(1) == torch.arange(max(groups) + 1, device=device)
 
 
 def group_class_logits(logits: Tensor, groups: Sequence[int], tau: float = 1.0) -> Tensor:
