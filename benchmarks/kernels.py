@@ -67,11 +67,11 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FULL = dict(
     b=8, n=1024, k=256, widths=(768, 32000, 50265), fl_d=768, fl_c=50265,
     select_shapes=((8, 1024), (64, 237), (256, 237)), feat_d=768, copy_bytes=1 << 30,
-    blocks=(1024, 2048, 4096, 8192),
+    blocks=(2048, 4096, 8192), warps=(4, 8, 16), rounds=3,
 )  # fmt: skip
 DRY = dict(
     b=2, n=16, k=4, widths=(7, 130), fl_d=8, fl_c=37,
-    select_shapes=((2, 16),), feat_d=8, copy_bytes=1 << 20, blocks=(16, 64),
+    select_shapes=((2, 16),), feat_d=8, copy_bytes=1 << 20, blocks=(16, 64), warps=(4,), rounds=2,
 )  # fmt: skip
 
 
@@ -177,25 +177,60 @@ def _fwd_bwd(loss_fn: Callable[..., torch.Tensor], *args: Any) -> Callable[[], N
     return run
 
 
-def measure(
-    timer: Timer, name: str, loss_fn: Callable[..., torch.Tensor], args: tuple, params: list
-) -> dict[str, Any]:
-    run = _fwd_bwd(loss_fn, *args)
-    try:
-        run()  # warm-up: JIT / torch.compile / autotuning happen here
+def measure_many(
+    timer: Timer,
+    runs: dict[str, Callable[[], None]],
+    params: list[torch.Tensor],
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Times each fwd+bwd ``run`` in ``rounds`` interleaved rounds (so clock and allocator drift
+    hit every implementation alike) and reports the median of the rounds' medians with their
+    min-max; then peak memory, one run each. A failing run is reported, not fatal."""
+
+    def clear() -> None:
         for p in params:
             p.grad = None
-        ms = timer.time_ms(run, params)
-        peak = timer.peak_mb(run, params)
-        return {"impl": name, "ms": ms, "peak_mb_above_inputs": peak}
-    except Exception as exc:  # one failing implementation must not lose the others' figures
-        traceback.print_exc()
-        return {"impl": name, "error": f"{type(exc).__name__}: {exc}"[:500]}
-    finally:
-        for p in params:
-            p.grad = None
-        if timer.cuda:
-            torch.cuda.empty_cache()
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in runs.items():
+        try:
+            run()  # warm-up: JIT / torch.compile / autotuning happen here
+            out[name] = {"impl": name, "ms_rounds": []}
+        except Exception as exc:  # one failing implementation must not lose the others' figures
+            traceback.print_exc()
+            out[name] = {"impl": name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        finally:
+            clear()
+    live = [n for n in runs if "error" not in out[n]]
+    for _ in range(rounds):
+        for name in live:
+            clear()
+            out[name]["ms_rounds"].append(timer.time_ms(runs[name], params))
+    for name in live:
+        r = out[name]
+        r["ms"] = statistics.median(r["ms_rounds"])
+        r["peak_mb_above_inputs"] = timer.peak_mb(runs[name], params)
+        clear()
+    if timer.cuda:
+        torch.cuda.empty_cache()
+    return [out[n] for n in runs]
+
+
+def with_kernel_config(run: Callable[[], None], block: int, warps: int | None):
+    """``run`` with token_kl's widest tile set to ``block`` and, if given, ``warps`` warps per
+    program (module globals read at launch; restored after)."""
+
+    def configured() -> None:
+        saved = TOKEN_KL_MODULE.MAX_BLOCK, TOKEN_KL_MODULE.num_warps_for
+        TOKEN_KL_MODULE.MAX_BLOCK = block
+        if warps is not None:
+            TOKEN_KL_MODULE.num_warps_for = lambda _block: warps
+        try:
+            run()
+        finally:
+            TOKEN_KL_MODULE.MAX_BLOCK, TOKEN_KL_MODULE.num_warps_for = saved
+
+    return configured
 
 
 def loss_and_grads(loss_fn, args, params) -> tuple[float, list[torch.Tensor]]:
@@ -206,7 +241,7 @@ def loss_and_grads(loss_fn, args, params) -> tuple[float, list[torch.Tensor]]:
     grads = [p.grad.detach().float().clone() for p in params]
     for p in params:
         p.grad = None
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 def agreement(ref, got) -> dict[str, float]:
@@ -244,10 +279,12 @@ def token_kl_case(cfg, c, dtype, device, gen):
     return s, t, index, weights
 
 
-def bench_token_kl(cfg, timer, device, gen, liger_fn, compile_backend, copy_gbs):
+def bench_token_kl(cfg, timer, device, gen, liger_fn, compile_backend, copy_gbs, dnames, save):
     rows = []
-    for dname, dtype in DTYPES.items():
-        for c in cfg["widths"]:
+    for dname in dnames:
+        dtype = DTYPES[dname]
+        # widest first: the issue's targets are at C = 50265, and a run cut short keeps them
+        for c in sorted(cfg["widths"], reverse=True):
             s, t, index, weights = token_kl_case(cfg, c, dtype, device, gen)
             b, n, k = cfg["b"], cfg["n"], cfg["k"]
             es = s.element_size()
@@ -264,23 +301,23 @@ def bench_token_kl(cfg, timer, device, gen, liger_fn, compile_backend, copy_gbs)
             case = {"dtype": dname, "B": b, "N": n, "k": k, "C": c, "tau": TAU}
             case["bytes_floor"] = floor_bytes
             case["grad_bytes"] = b * n * c * es
-            results = []
-            for name, fn in impls.items():
-                if isinstance(fn, str):
-                    results.append({"impl": name, "error": fn})
-                    continue
-                results.append(measure(timer, name, fn, args, [s]))
-            default_block = TOKEN_KL_MODULE.MAX_BLOCK
-            sweep = []
-            for blk in cfg["blocks"]:
-                TOKEN_KL_MODULE.MAX_BLOCK = blk
-                try:
-                    r = measure(timer, f"ours[MAX_BLOCK={blk}]", ours_token_kl, args, [s])
-                finally:
-                    TOKEN_KL_MODULE.MAX_BLOCK = default_block
-                sweep.append(r)
+            runs = {n: _fwd_bwd(fn, *args) for n, fn in impls.items() if not isinstance(fn, str)}
+            results = measure_many(timer, runs, [s], cfg["rounds"])
+            results += [{"impl": n, "error": fn} for n, fn in impls.items() if isinstance(fn, str)]
+            # tile width x warps, only where C spans several tiles (each pair is a fresh JIT)
+            sweep_runs = {}
+            if c == max(cfg["widths"]):
+                for blk in cfg["blocks"]:
+                    for warps in cfg["warps"]:
+                        run = with_kernel_config(_fwd_bwd(ours_token_kl, *args), blk, warps)
+                        sweep_runs[f"ours[MAX_BLOCK={blk},warps={warps}]"] = run
+                # where the time goes: the forward alone, and a memset of the gradient's size
+                sweep_runs["ours_forward_only"] = lambda a=args: ours_token_kl(*a)
+                sweep_runs["eager_forward_only"] = lambda a=args: eager_token_kl(*a)
+                sweep_runs["zeros_like_student"] = lambda x=s: torch.zeros_like(x)
+            sweep = measure_many(timer, sweep_runs, [s], 1) if sweep_runs else []
             for r in results + sweep:
-                if "ms" in r:
+                if "ms" in r and not r["impl"].endswith(("_only", "_student")):
                     r["gb_per_s"] = floor_bytes / r["ms"] / 1e6
                     r["frac_of_copy_bw"] = r["gb_per_s"] / copy_gbs if copy_gbs else None
             try:
@@ -292,14 +329,16 @@ def bench_token_kl(cfg, timer, device, gen, liger_fn, compile_backend, copy_gbs)
             case["block_sweep"] = sweep
             rows.append(case)
             print(_fmt_case(case), flush=True)
+            save()
             del s, t, args
     return rows
 
 
-def bench_fused_linear(cfg, timer, device, gen):
+def bench_fused_linear(cfg, timer, device, gen, dnames, save):
     rows = []
     b, n, k, d, c = cfg["b"], cfg["n"], cfg["k"], cfg["fl_d"], cfg["fl_c"]
-    for dname, dtype in DTYPES.items():
+    for dname in dnames:
+        dtype = DTYPES[dname]
         h = torch.randn(b, n, d, generator=gen).to(device=device, dtype=dtype).requires_grad_(True)
         w = (torch.randn(c, d, generator=gen) / math.sqrt(d) * 4).to(device=device, dtype=dtype)
         w.requires_grad_(True)
@@ -310,11 +349,12 @@ def bench_fused_linear(cfg, timer, device, gen):
         weights = (torch.rand(b, generator=gen) * 2).to(device)
         args, params = (h, w, bias, t, index, weights), [h, w, bias]
         case = {"dtype": dname, "B": b, "N": n, "k": k, "d": d, "C": c, "tau": TAU}
-        case["results"] = [
-            measure(timer, "eager_full_head", eager_linear_full, args, params),
-            measure(timer, "eager_selected_head", eager_linear_selected, args, params),
-            measure(timer, "ours", ours_linear, args, params),
-        ]
+        runs = {
+            "eager_full_head": _fwd_bwd(eager_linear_full, *args),
+            "eager_selected_head": _fwd_bwd(eager_linear_selected, *args),
+            "ours": _fwd_bwd(ours_linear, *args),
+        }
+        case["results"] = measure_many(timer, runs, params, cfg["rounds"])
         try:
             ref = loss_and_grads(eager_linear_full, args, params)
             case["ours_vs_eager"] = agreement(ref, loss_and_grads(ours_linear, args, params))
@@ -322,6 +362,7 @@ def bench_fused_linear(cfg, timer, device, gen):
             case["ours_vs_eager"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         rows.append(case)
         print(_fmt_case(case), flush=True)
+        save()
         del h, w, bias, t, args, params
     return rows
 
@@ -358,7 +399,8 @@ def bench_feature(cfg, timer, device, gen):
         t = torch.randn(b, n, d, generator=gen).to(device=device, dtype=dtype)
         index = make_index(b, n, k, device, gen)
         weights = torch.ones(b, device=device)
-        r = measure(timer, "feature_loss_eager", ops.feature_loss, (s, t, index, weights), [s])
+        run = _fwd_bwd(ops.feature_loss, s, t, index, weights)
+        (r,) = measure_many(timer, {"feature_loss_eager": run}, [s], cfg["rounds"])
         rows.append({"dtype": dname, "B": b, "N": n, "k": k, "D": d, **r})
     return rows
 
@@ -477,6 +519,48 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_tables(report: dict[str, Any]) -> str:
+    """The README's tables from a results JSON (``--table``)."""
+    copy = report["copy_bandwidth"]["gb_per_s"]
+    head = (
+        f"{report['device']}, torch {report['torch']}, Triton {report['triton']}, Liger-Kernel "
+        f"{report['liger_kernel']}, {report['date'][:10]}; copy bandwidth {copy:.0f} GB/s; "
+        "fwd+bwd ms (median of 3 interleaved rounds), GB/s = bytes that must move / time, "
+        "peak MB above the inputs"
+    )
+    impls = ["eager", "compile", "liger", "ours"]
+    lines = [head, "", "| dtype | C | " + " | ".join(impls) + " | ours vs eager / compile / "
+             "Liger | ours GB/s (of copy) | peak MB eager / ours |",
+             "|---|---|" + "---|" * (len(impls) + 3)]  # fmt: skip
+    for r in report["token_kl"]:
+        res = r["results"]
+        ms = {i: _get(res, i) for i in impls}
+        ours = ms["ours"]
+        cells = [f"{ms[i]:.3f}" if ms[i] else "–" for i in impls]
+        ratio = " / ".join(f"{ms[i] / ours:.1f}×" if ms[i] and ours else "–" for i in impls[:3])
+        gbs = _get(res, "ours", "gb_per_s")
+        mem = f"{_get(res, 'eager', 'peak_mb_above_inputs'):.0f} / "
+        mem += f"{_get(res, 'ours', 'peak_mb_above_inputs'):.0f}"
+        lines.append(
+            f"| {r['dtype']} | {r['C']} | " + " | ".join(cells) + f" | {ratio} | "
+            f"{gbs:.0f} ({gbs / copy:.0%}) | {mem} |"
+        )
+    lines += ["", "| fused linear (d = 768, C = 50265) | eager full head | eager selected head | "
+              "ours | peak MB: full / selected / ours |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in report["fused_linear_token_kl"]:
+        res = r["results"]
+        names = ["eager_full_head", "eager_selected_head", "ours"]
+        cells = [f"{_get(res, n):.2f} ms" for n in names]
+        mems = " / ".join(f"{_get(res, n, 'peak_mb_above_inputs'):.0f}" for n in names)
+        lines.append(f"| {r['dtype']} | " + " | ".join(cells) + f" | {mems} |")
+    lines += ["", "| target (bf16, C = 50265) | goal | measured | met |", "|---|---|---|---|"]
+    for name, t in report["targets"].items():
+        if isinstance(t, dict):
+            m = t["measured"]
+            lines.append(f"| {name} | {t['goal']} | {m:.2f} | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
@@ -487,7 +571,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="tiny shapes on the CPU (interpreter), to check"
     )
+    parser.add_argument(
+        "--table", type=Path, metavar="JSON", help="print the markdown tables of a results file"
+    )
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(markdown_tables(json.loads(args.table.read_text())))
+        return 0
 
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
@@ -531,17 +621,33 @@ def main(argv: list[str] | None = None) -> int:
     copy_gbs = report["copy_bandwidth"]["gb_per_s"]
     compile_backend = "inductor" if cuda else "eager"
     report["compile_backend"] = compile_backend
-    report["token_kl"] = bench_token_kl(
-        cfg, timer, device, gen, liger_fn, compile_backend, copy_gbs
-    )
-    report["fused_linear_token_kl"] = bench_fused_linear(cfg, timer, device, gen)
-    report["select_tokens"] = bench_select(cfg, timer, device, gen)
-    report["feature_loss"] = bench_feature(cfg, timer, device, gen)
-    report["targets"] = check_targets(report["token_kl"], report["fused_linear_token_kl"], copy_gbs)
-
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"kernels-{_slug(device_name)}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    json_path = args.out / f"{stem}.json"
+    report["complete"] = False
+    report["token_kl"], report["fused_linear_token_kl"] = [], []
+
+    def save() -> None:
+        # after every case, atomically: a run stopped part-way keeps what it measured
+        report["targets"] = check_targets(
+            report["token_kl"], report["fused_linear_token_kl"], copy_gbs
+        )
+        tmp = json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(json_path)
+
+    # bf16 first (the issue's targets), then fp32; each section appends to the report
+    for dname in DTYPES:
+        report["token_kl"] += bench_token_kl(
+            cfg, timer, device, gen, liger_fn, compile_backend, copy_gbs, [dname], save
+        )
+        report["fused_linear_token_kl"] += bench_fused_linear(
+            cfg, timer, device, gen, [dname], save
+        )
+    report["select_tokens"] = bench_select(cfg, timer, device, gen)
+    report["feature_loss"] = bench_feature(cfg, timer, device, gen)
+    report["complete"] = True
+    save()
     plot(report, args.out / f"{stem}.png")
     print(json.dumps(report["targets"], indent=2))
     print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.png')}")

@@ -107,18 +107,21 @@ class _ViltSizeStudent(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             pixel_values=images,
-            pixel_mask=torch.ones(images.shape[0], *images.shape[2:], dtype=torch.long),
+            pixel_mask=torch.ones(
+                images.shape[0], *images.shape[2:], dtype=torch.long, device=images.device
+            ),
         )
         hidden = out.last_hidden_state
         b, n, _ = hidden.shape
         length = input_ids.shape[1]
         p = self.image_grid[0] * self.image_grid[1]
-        kinds = torch.full((b, n), OTHER, dtype=torch.long)
+        dev = hidden.device
+        kinds = torch.full((b, n), OTHER, dtype=torch.long, device=dev)
         kinds[:, :length] = torch.where(word_ids >= 0, TEXT, OTHER)
         kinds[:, n - p :] = IMAGE
-        wids = torch.full((b, n), -1, dtype=torch.long)
+        wids = torch.full((b, n), -1, dtype=torch.long, device=dev)
         wids[:, :length] = word_ids
-        mask = torch.ones(b, n, dtype=torch.bool)
+        mask = torch.ones(b, n, dtype=torch.bool, device=dev)
         mask[:, :length] = attention_mask.bool()
         logits = self.head(out.pooler_output)
         tokens = StudentTokens(hidden, mask, kinds, wids, self.image_grid, logits)
@@ -144,7 +147,11 @@ def _module_class():
                 )
 
         def step(self, batch: dict) -> Tensor:
-            enc = self.tok(batch["texts"])
+            dev = batch["images"].device  # the tokenizer returns CPU tensors
+            enc = {
+                k: v.to(dev) if isinstance(v, Tensor) else v
+                for k, v in self.tok(batch["texts"]).items()
+            }
             logits, tokens = self._forward(batch["images"], enc)
             loss = F.cross_entropy(logits.float(), batch["labels"])
             if self.use_mad:
@@ -318,6 +325,37 @@ def _peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync_points(kind: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Where one training step makes the host wait for the GPU, per mode: the step runs under
+    ``torch.cuda.set_sync_debug_mode("warn")`` and each warning's Python line is recorded.
+    A launch-bound step (small models) loses its CPU/GPU overlap at every such point."""
+    import warnings
+
+    setup = _setup(kind, args.batch[kind], 1)
+    tmp = Path(tempfile.mkdtemp(prefix=f"mad-sync-{kind}-"))
+    batch = _move(setup["batches"][0], device)
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        module, opt = _build_mode(setup, mode, tmp / "cache")
+        module.to(device)
+        _train_step(module, opt, batch)  # warm-up: lazy inits may sync once
+        torch.cuda.synchronize(device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                _train_step(module, opt, batch)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        where = [
+            f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
+            for w in caught
+            if "synchroniz" in str(w.message)
+        ]
+        out[mode] = {"count": len(where), "where": sorted(set(where))}
+    return out
 
 
 def memory_one(kind: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -498,8 +536,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "targets_pct": {"cache": 15.0, "live": 40.0},
         "students": {},
     }
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    path = args.out / f"training_overhead-{tag}.json"
     for kind in args.students:
         entry: dict[str, Any] = {"time": time_modes(kind, args, device)}
+        if device.type == "cuda":
+            entry["sync_points"] = sync_points(kind, args, device)
+            print(f"{kind} host syncs per step: {json.dumps(entry['sync_points'])}", flush=True)
         if not args.no_memory:
             entry["memory"] = memory_modes(kind, args, device)
         result["students"][kind] = entry
@@ -513,11 +557,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             f"(+{t['cache']['overhead_pct']:.1f} %)",
             flush=True,
         )
-    result["load_average_end"] = list(os.getloadavg())
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = "cuda" if device.type == "cuda" else "cpu"
-    path = args.out / f"training_overhead-{tag}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+        result["load_average_end"] = list(os.getloadavg())
+        path.write_text(json.dumps(result, indent=1) + "\n")  # after each student: a run cut
+        # short keeps the students it finished
     if not args.no_memory:
         _plot(result, path.with_suffix(".png"))
     print(f"wrote {path}")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from mad_distill.config import PROJECTORS
+from mad_distill.ops._utils import require
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -203,8 +204,11 @@ def pool_words(tokens: Tensor, word_ids: Tensor, n_words: int) -> tuple[Tensor, 
         raise TypeError(f"word_ids must be an integer tensor, got {word_ids.dtype}")
     if isinstance(n_words, bool) or not isinstance(n_words, int) or n_words < 0:
         raise ValueError(f"n_words must be an int >= 0, got {n_words!r}")
-    if word_ids.numel() and not bool(((word_ids >= -1) & (word_ids < n_words)).all()):
-        raise ValueError(f"word_ids must be in [0, n_words) = [0, {n_words}) or -1")
+    if word_ids.numel():
+        require(
+            (word_ids >= -1) & (word_ids < n_words),
+            f"word_ids must be in [0, n_words) = [0, {n_words}) or -1",
+        )
     ids = word_ids.long()
     valid = ids >= 0
     # flat bucket b * W + w; tokens in no word go to one extra bucket that is dropped (no sync)
@@ -235,8 +239,8 @@ def gather_words(words: Tensor, word_ids: Tensor) -> tuple[Tensor, Tensor]:
     b, w, d = words.shape
     if word_ids.dim() != 2 or word_ids.shape[0] != b:
         raise ValueError(f"word_ids must be [B, N] with B = {b}, got {tuple(word_ids.shape)}")
-    if word_ids.numel() and not bool(((word_ids >= -1) & (word_ids < w)).all()):
-        raise ValueError(f"word_ids must be in [0, W) = [0, {w}) or -1")
+    if word_ids.numel():
+        require((word_ids >= -1) & (word_ids < w), f"word_ids must be in [0, W) = [0, {w}) or -1")
     ids = word_ids.long()
     valid = ids >= 0
     if w == 0:  # no words: every id is -1 (checked above), nothing to gather
@@ -274,8 +278,7 @@ def pool_boxes(
         bx = boxes.detach()
         ok = (bx >= 0).all() & (bx <= 1).all() & (bx[..., 2] >= bx[..., 0]).all()
         ok &= (bx[..., 3] >= bx[..., 1]).all()
-        if not bool(ok):
-            raise ValueError("boxes must be normalised xyxy in [0, 1] with x2 >= x1 and y2 >= y1")
+        require(ok, "boxes must be normalised xyxy in [0, 1] with x2 >= x1 and y2 >= y1")
     dtype = grid_tokens.dtype
     work = torch.float64 if dtype == torch.float64 else torch.float32
     gh, gw = grid

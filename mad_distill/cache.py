@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from mad_distill._io import atomic_write, fsync_dir
+from mad_distill.ops._utils import host_to_device
 from mad_distill.types import MADBatch, TeacherImageOutput, TeacherTextOutput
 
 __all__ = [
@@ -837,7 +838,7 @@ class TeacherCache:
         def mv(t: Tensor) -> Tensor:
             if t.is_floating_point():
                 t = t.to(dtype)
-            return t.to(device) if device is not None else t
+            return host_to_device(t, device) if device is not None else t
 
         names = rows[0][0].names
         out = MADTeacherOutputs()

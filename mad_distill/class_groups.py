@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from mad_distill.ops._utils import require
+
 
 def check_class_groups(groups: Sequence[int], path: str = "class_groups") -> tuple[int, ...]:
     """``groups`` as a tuple of group ids ``0 .. G-1`` (each used, ``G >= 2``), or an error
@@ -73,10 +75,11 @@ def group_labels(labels: Tensor, groups: Sequence[int], ignore_index: int = -1) 
     """Class labels ``[B]`` mapped to their groups; ``ignore_index`` stays."""
     table = torch.as_tensor(groups, dtype=torch.long, device=labels.device)
     known = labels != ignore_index
-    if labels.numel() and not bool((~known | ((labels >= 0) & (labels < len(groups)))).all()):
-        raise ValueError(
+    if labels.numel():
+        require(
+            ~known | ((labels >= 0) & (labels < len(groups))),
             f"labels must be class indices in [0, {len(groups)}) (one per class_groups entry) or "
-            f"ignore_index={ignore_index}"
+            f"ignore_index={ignore_index}",
         )
     return torch.where(known, table[labels.long().clamp(min=0)], labels.long())
 

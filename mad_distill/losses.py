@@ -19,6 +19,7 @@ from torch import Tensor
 
 from mad_distill._dispatch import call_op
 from mad_distill.config import FEATURE_LOSSES
+from mad_distill.ops._utils import require
 
 
 def _check_index_weights(index: Tensor, weights: Tensor, b: int, n: int) -> None:
@@ -30,8 +31,11 @@ def _check_index_weights(index: Tensor, weights: Tensor, b: int, n: int) -> None
     if not isinstance(weights, Tensor) or tuple(weights.shape) != (b,):
         shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
         raise ValueError(f"weights must be [B] = ({b},), got {shape}")
-    if index.numel() and not bool(((index >= -1) & (index < n)).all()):
-        raise ValueError(f"index must hold positions in [0, N) = [0, {n}) or -1 for none")
+    if index.numel():
+        require(
+            (index >= -1) & (index < n),
+            f"index must hold positions in [0, N) = [0, {n}) or -1 for none",
+        )
 
 
 def feature_distill_loss(

@@ -30,6 +30,7 @@ from mad_distill.class_groups import best_class_in_best_group, group_class_logit
 from mad_distill.config import MADConfig
 from mad_distill.distributed import is_distributed, reduce_mad_parts
 from mad_distill.losses import feature_distill_loss, instance_kl_loss, token_kl_loss
+from mad_distill.ops._utils import require
 from mad_distill.schedules import lambda_at
 from mad_distill.selection import compute_scores, select_tokens
 from mad_distill.types import (
@@ -455,12 +456,17 @@ class MADMixin:
         gh, gw = student.image_grid
         is_img = (student.kinds == IMAGE) & student.mask
         counts = is_img.sum(1)
-        if not bool((counts == gh * gw).all()):
-            raise ValueError(
-                f"every instance needs image_grid {student.image_grid} = {gh * gw} valid IMAGE "
-                f"tokens in StudentTokens.kinds, got {counts.tolist()}"
-            )
-        s_img = student.hidden[is_img].view(b, gh * gw, d)
+        require(
+            counts == gh * gw,
+            f"every instance needs image_grid {student.image_grid} = {gh * gw} valid IMAGE "
+            "tokens in StudentTokens.kinds",
+            detail=lambda: f", got {counts.tolist()}",
+        )
+        # the image tokens' positions in order (a stable sort puts them first): a gather, where
+        # boolean indexing would wait for the device to count them
+        img_pos = torch.sort(is_img.to(torch.uint8), dim=1, descending=True, stable=True)
+        img_pos = img_pos.indices[:, : gh * gw]
+        s_img = torch.gather(student.hidden, 1, img_pos.unsqueeze(-1).expand(-1, -1, d))
         image = teach.image
         target = resize_grid(image.tokens, image.grid, (gh, gw)).to(s_img.device).float()
         proj = self.mad_projectors["image"](s_img)
@@ -477,7 +483,7 @@ class MADMixin:
         elif source == "discrepancy":
             kw["student_proj"], kw["teacher"] = proj, target
         elif source == "given":
-            kw["given"] = _given(batch, (b, n))[is_img].view(b, gh * gw)
+            kw["given"] = torch.gather(_given(batch, (b, n)).to(img_pos.device), 1, img_pos)
         scores = compute_scores(source, loss=cfg.feat.loss, **kw).to(s_img.device)
         index, valid = self._mad_select(scores, mask)
         loss = (
@@ -507,11 +513,11 @@ class MADMixin:
         n_words = max((len(split_words(t)) for t in batch.texts), default=0)
         n_words = max(n_words, 1)
         s_ids = torch.where((student.kinds == TEXT) & student.mask, student.word_ids, -1).long()
-        if bool((s_ids >= n_words).any()):
-            raise ValueError(
-                "StudentTokens.word_ids has word indices beyond the words of MADBatch.texts: "
-                "the student must read the same texts the teachers get"
-            )
+        require(
+            s_ids < n_words,
+            "StudentTokens.word_ids has word indices beyond the words of MADBatch.texts: "
+            "the student must read the same texts the teachers get",
+        )
         s_words, s_valid = pool_words(student.hidden, s_ids, n_words)
         target_out = teach.text if teach.text is not None else teach.clip_text
         t_words, t_valid = _pool_teacher_words(target_out, n_words, device)

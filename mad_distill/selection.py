@@ -23,6 +23,7 @@ from torch import Tensor
 
 from mad_distill._dispatch import call_op
 from mad_distill.config import FEATURE_LOSSES, SCORE_SOURCES
+from mad_distill.ops._utils import require
 from mad_distill.ops.select_tokens import check_scores_and_mask
 
 # ratios become exact fractions so that ceil(0.7 * 10) is 7, not 8 from 7.000000000000001
@@ -198,7 +199,10 @@ def select_tokens(
         width = -(-n * num // den)  # exact ceil(ratio * N)
         n_valid = mask.sum(dim=1)
         k_per_row = (n_valid * num + den - 1) // den  # exact ceil(ratio * n_valid), on device
-    if check_finite and not bool(torch.isfinite(scores).logical_or(~mask).all()):
-        raise ValueError("scores has NaN or inf at valid (mask=True) positions")
+    if check_finite:
+        require(
+            torch.isfinite(scores).logical_or(~mask),
+            "scores has NaN or inf at valid (mask=True) positions",
+        )
     index, valid = call_op("select_tokens", scores, mask, width, k_per_row, backend=backend)
     return index, valid

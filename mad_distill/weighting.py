@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mad_distill.config import WEIGHT_MODES
+from mad_distill.ops._utils import require
 
 #: the weight modes that read the labels
 LABEL_MODES = ("gt_prob", "correct", "gain")
@@ -55,7 +56,8 @@ def normalize_weights(
     if weights.dim() != 1:
         raise ValueError(f"weights must be [B], got shape {tuple(weights.shape)}")
     w = weights.detach().float()
-    stats = torch.stack([w.sum(), torch.tensor(float(w.numel()), device=w.device)])
+    # the count is filled on the device: a tensor built from a host number would be a copy
+    stats = torch.stack([w.sum(), w.new_full((), float(w.numel()))])
     if all_reduce is not None:
         reduced = all_reduce(stats)
         if reduced is not None:
@@ -76,13 +78,9 @@ def _softmax_checked(logits: Tensor, probs: bool, name: str = "teacher_logits") 
     t = logits.detach().float()
     if probs:
         ok = torch.isfinite(t).all() & (t >= 0).all() & ((t.sum(1) - 1).abs() <= 1e-3).all()
-        if not bool(ok):
-            raise ValueError(
-                "teacher probabilities (probs=True) must be finite, >= 0 and sum to 1 per row"
-            )
+        require(ok, "teacher probabilities (probs=True) must be finite, >= 0 and sum to 1 per row")
         return t
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} has NaN or inf values")
+    require(torch.isfinite(t), f"{name} has NaN or inf values")
     return torch.softmax(t, dim=-1)
 
 
@@ -105,10 +103,11 @@ def _check_labels(
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     labels = labels.long()
     known = _known(labels, ignore_index)
-    if b and not bool((~known | ((labels >= 0) & (labels < c))).all()):
-        raise ValueError(
-            f"labels must be class indices in [0, C) = [0, {c}) or ignore_index={ignore_index}, "
-            f"got min {int(labels.min())}, max {int(labels.max())}"
+    if b:
+        require(
+            ~known | ((labels >= 0) & (labels < c)),
+            f"labels must be class indices in [0, C) = [0, {c}) or ignore_index={ignore_index}",
+            detail=lambda: f", got min {int(labels.min())}, max {int(labels.max())}",
         )
     return labels
 

@@ -536,3 +536,37 @@ def test_teacher_labels_weight_by_the_teachers_own_prediction(tiny_clip, word_to
     torch.testing.assert_close(m.mad_loss(scrambled, out.tokens, teacher_labels=True), got)
     with pytest.raises(ValueError, match="labels are required"):
         m.mad_loss(unlabelled, out.tokens)
+
+
+# ------------------------------------------------------------------ no host sync on CUDA
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("source", ["relevance", "attention", "discrepancy"])
+def test_mad_step_makes_no_host_sync_on_cuda(tiny_clip_spec, word_tokenizer, source):
+    """A MAD step (teacher forward, selection, weighting, losses, backward) never makes the host
+    wait for the GPU: input checks are device-side asserts, host tensors travel pinned and
+    non-blocking, image tokens are gathered rather than boolean-indexed. Each such wait would
+    cost a launch-bound step its CPU/GPU overlap (benchmarks/training_overhead.py records them)."""
+    from mad_distill.teachers import create_teacher
+
+    teacher = create_teacher(tiny_clip_spec, device="cuda")
+    cfg = MADConfig(teachers={"clip": teacher}, select=dict(source=source))
+    m = Student(cfg, word_tokenizer).cuda()
+    imgs = torch.rand(3, 3, 32, 32, device="cuda")
+    texts = TEXTS[:3]
+    enc = word_tokenizer(texts, device="cuda")
+    labels = torch.arange(3, device="cuda") % 2
+
+    def step():
+        out = m.model(imgs, **enc)
+        mad = MADBatch(imgs, texts, labels=labels, candidates=CANDIDATES)
+        m.mad_loss(mad, out.tokens).backward()
+
+    step()  # lazy initialisation may wait once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

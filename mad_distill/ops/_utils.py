@@ -136,6 +136,35 @@ def sync_checks_enabled() -> bool:
     return os.environ.get(SYNC_CHECKS_ENV, "0") == "1"
 
 
+def host_to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """``t.to(device)`` that does not make the host wait: a CPU tensor bound for CUDA goes
+    through pinned memory with ``non_blocking`` (from pageable memory the copy would first wait
+    for all queued GPU work). Anything else is a plain ``.to``."""
+    if t.device.type == "cpu" and torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def require(
+    ok: Tensor,
+    message: str,
+    exc: type[Exception] = ValueError,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Raise ``exc(message)`` unless every element of the bool tensor ``ok`` is true.
+
+    On CPU (and on CUDA with ``MAD_DISTILL_SYNC_CHECKS=1``) it raises here, with ``detail()``
+    appended (it may read the data). On CUDA it is by default a device-side
+    ``torch._assert_async`` with ``message``: the training step's input checks cost no host
+    sync; a violation surfaces as a CUDA "device-side assert" at the next synchronisation.
+    """
+    if ok.device.type == "cuda" and not sync_checks_enabled():
+        torch._assert_async(ok.all(), message)
+        return
+    if not bool(ok.all()):
+        raise exc(message + (detail() if detail is not None else ""))
+
+
 def check_index(op: str, index: Tensor, n: int) -> None:
     """Selected positions must be ``< n`` (``-1``, or any negative, = none).
 
@@ -147,11 +176,7 @@ def check_index(op: str, index: Tensor, n: int) -> None:
     """
     if index.numel() == 0:
         return
-    if index.device.type == "cuda" and not sync_checks_enabled():
-        torch._assert_async((index < n).all(), f"{op}: index has a position >= N = {n}")
-        return
-    if bool((index >= n).any()):
-        raise ValueError(f"{op}: index has a position >= N = {n}")
+    require(index < n, f"{op}: index has a position >= N = {n}")
 
 
 def num_warps_for(block: int) -> int:

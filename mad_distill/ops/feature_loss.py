@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mad_distill.ops._utils import check_index
+
 FEATURE_LOSSES = ("cosine", "mse", "smooth_l1")
 
 
@@ -51,8 +53,7 @@ def feature_loss_reference(
         raise ValueError(f"index must be [B, k] with B = {b}, got shape {tuple(index.shape)}")
     if tuple(weights.shape) != (b,):
         raise ValueError(f"weights must be [B] = ({b},), got shape {tuple(weights.shape)}")
-    if index.numel() and int(index.max()) >= n:
-        raise ValueError(f"index has a position >= N = {n}")
+    check_index("feature_loss", index, n)
     valid = index >= 0
     gather = index.clamp(min=0).long().unsqueeze(-1).expand(-1, -1, d)
     s = F.normalize(torch.gather(student, 1, gather).float(), dim=-1)

@@ -5,14 +5,26 @@
 Rows with no selected token contribute 0. ``token_kl_reference`` is the ground truth the Triton
 kernels are tested against (DESIGN.md section 4).
 
-Fused path (``backend="triton"``, the default on CUDA), one program per row:
+Fused path (``backend="triton"``, the default on CUDA), three launches forward, one backward:
 
-* forward: one pass over each *selected* row of the student and teacher logits with an online
-  (max, sum-exp) softmax for both, giving the row's KL and the two log-sum-exps (8 bytes each are
-  all that is saved). No gathered copies, no softmax tensors.
-* backward: one pass over every row of ``[B, N, C]``: selected rows read the logits once more
-  and write ``grad_output * tau * w_b / (B * |S_b|) * (softmax(s/tau) - softmax(t/tau))``; the
-  other rows write zeros, so the gradient is written exactly once (no separate memset).
+* forward: one program per selected slot makes one pass over the student and teacher row with an
+  online (max, sum-exp) softmax for both, giving the row's KL and the two log-sum-exps (8 bytes
+  each are all that is saved). No gathered copies, no softmax tensors. A one-program epilogue
+  counts ``|S_b|``, weights and reduces (deterministically) to the loss; a device-side assert
+  reports positions ``>= N`` (no host sync).
+* backward: one pass over every row of ``[B, N, C]``: each program finds its row in the index
+  (a scan of ``index[b]``, which sits in L2), selected rows read the logits once more and write
+  ``grad_output * tau * w_b / (B * |S_b|) * (softmax(s/tau) - softmax(t/tau))``; the other rows
+  write zeros, so the gradient is written exactly once (no separate memset). ``grad_output`` is
+  read on the device.
+
+Few launches matter as much as few bytes: at ``B*N = 8192`` the whole op moves about a gigabyte,
+a fraction of a millisecond on an H100/H200, while each extra PyTorch launch costs tens of
+microseconds of host time (the first version's 35 small launches made it host-bound: see
+``benchmarks/results/kernels-*.json``). Measured and rejected (H200, bf16, C = 50265): keeping the
+online-softmax state per lane and reducing across lanes once after the loop made the forward
+slower (0.41 vs 0.25 ms; more exponentials and registers), and a zero-store-only branch for the
+unselected rows in the backward changed nothing measurable.
 
 The gradient is computed in the backward, not in the forward as Liger-Kernel's terminal losses
 do: MAD always scales this loss by ``lambda_kl(t)``, so ``grad_output != 1`` and a gradient made
@@ -42,6 +54,7 @@ from mad_distill.ops._utils import (
     num_warps_for,
     resolve_backend,
     row_contiguous,
+    sync_checks_enabled,
     triton_available,
 )
 
@@ -212,37 +225,83 @@ def _token_kl_fwd_kernel(
     tl.store(LSE_T + slot, lse_t)
 
 
+def _token_kl_finish_kernel(
+    KL,  # [B*K] fp32: KL per slot (0 if unselected)
+    IDX,
+    W,  # [B] instance weights (any float dtype)
+    COEF,  # [B] fp32 out: w_b / (B * |S_b|)
+    LOSS,  # [] fp32 out
+    OK,  # [] int32 out: 1 if no position >= N
+    i_sb,
+    i_sk,
+    w_s,
+    B,
+    K,
+    N,
+    tau_sq,
+    KBLOCK: tl.constexpr,
+):
+    # one program, fixed order: the loss is bit-identical from run to run (no atomics)
+    total = 0.0
+    bad = 0
+    for b in range(0, B):
+        kl_sum = 0.0
+        count = 0
+        for k0 in range(0, K, KBLOCK):
+            offs = k0 + tl.arange(0, KBLOCK)
+            kmask = offs < K
+            pos = tl.load(IDX + b * i_sb + offs * i_sk, mask=kmask, other=-1)
+            count += tl.sum(((pos >= 0) & (pos < N)).to(tl.int32), axis=0)
+            bad += tl.sum((pos >= N).to(tl.int32), axis=0)
+            kl_sum += tl.sum(tl.load(KL + b * K + offs, mask=kmask, other=0.0), axis=0)
+        coef = tl.load(W + b * w_s).to(tl.float32) / (tl.maximum(count, 1).to(tl.float32) * B)
+        tl.store(COEF + b, coef)
+        total += coef * kl_sum
+    tl.store(LOSS, total * tau_sq)
+    tl.store(OK, (bad == 0).to(tl.int32))
+
+
 def _token_kl_bwd_kernel(
     S,
     T,
     G,  # [B, N, C] out, contiguous, student dtype: the full gradient (zeros off the selection)
-    INV,  # [B, >= N] int32: a slot of (b, n) in the selection, -1 if not selected
-    CNT,  # [B, >= N] int32, same strides as INV: how many slots select (b, n)
+    IDX,  # [B, K] selected positions (as in the forward)
     LSE_S,
     LSE_T,
-    COEF,  # [B] fp32: grad_output * tau * w_b / (B * |S_b|)
+    COEF,  # [B] fp32: w_b / (B * |S_b|)
+    GO,  # [] fp32: grad_output, read here so the host never waits for it
     s_sb,
     s_sn,
     t_sb,
     t_sn,
-    inv_sb,
+    i_sb,
+    i_sk,
     N,
     C,
     K,
+    tau,
     inv_tau,
     BLOCK: tl.constexpr,
+    KBLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b = row // N
     n = row % N
-    slot = tl.load(INV + b * inv_sb + n).to(tl.int64)
-    sel = slot >= 0
-    slot = tl.where(sel, b * K + slot, 0)
-    # a position selected twice counts twice, as in the reference (its slots share lse values)
-    mult = tl.load(CNT + b * inv_sb + n).to(tl.float32)
+    # which slots pick (b, n): the first one's lse values serve all (they are equal), and a
+    # position selected twice counts twice, as in the reference
+    first = K
+    mult = 0
+    for k0 in range(0, K, KBLOCK):
+        offs = k0 + tl.arange(0, KBLOCK)
+        pos = tl.load(IDX + b * i_sb + offs * i_sk, mask=offs < K, other=-1).to(tl.int64)
+        hit = pos == n
+        mult += tl.sum(hit.to(tl.int32), axis=0)
+        first = tl.minimum(first, tl.min(tl.where(hit, offs, K), axis=0))
+    sel = mult > 0
+    slot = tl.where(sel, b * K + first, 0)
     lse_s = tl.load(LSE_S + slot, mask=sel, other=0.0)
     lse_t = tl.load(LSE_T + slot, mask=sel, other=0.0)
-    coef = tl.load(COEF + b) * mult
+    coef = tl.load(GO).to(tl.float32) * tau * tl.load(COEF + b) * mult.to(tl.float32)
     s_row = S + b * s_sb + n * s_sn
     t_row = T + b * t_sb + n * t_sn
     g_row = G + row * C
@@ -352,6 +411,7 @@ def _chunk_grad_kernel(
 
 
 _token_kl_fwd = LazyKernel(_token_kl_fwd_kernel)
+_token_kl_finish = LazyKernel(_token_kl_finish_kernel)
 _token_kl_bwd = LazyKernel(_token_kl_bwd_kernel)
 _chunk_stats = LazyKernel(_chunk_stats_kernel)
 _chunk_grad = LazyKernel(_chunk_grad_kernel)
@@ -366,6 +426,11 @@ def _block_for(width: int, block: int | None) -> int:
         return next_power_of_2(block)
     # at least one warp wide: tiny tiles gain nothing and masked lanes are free
     return min(max(next_power_of_2(width), 32), MAX_BLOCK)
+
+
+def _kblock_for(k: int) -> int:
+    """Index entries scanned at once by the epilogue and the backward."""
+    return min(max(next_power_of_2(k), 16), 1024)
 
 
 def _instance_coef(index: Tensor, weights: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -394,20 +459,35 @@ class TokenKLFunction(torch.autograd.Function):
     ) -> Tensor:
         b, n, c = student.shape
         k = index.shape[1]
-        valid, coef = _instance_coef(index, weights, n)
-        kl = torch.zeros(b * k, dtype=torch.float32, device=student.device)
-        lse_s = torch.zeros_like(kl)
-        lse_t = torch.zeros_like(kl)
+        dev = student.device
+        kl = torch.empty(b * k, dtype=torch.float32, device=dev)
+        lse_s = torch.empty_like(kl)
+        lse_t = torch.empty_like(kl)
         blk = _block_for(c, block)
-        if b * k > 0 and c > 0:
-            _token_kl_fwd[(b * k,)](
-                student, teacher, index, kl, lse_s, lse_t,
-                student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
-                index.stride(0), index.stride(1),
-                k, n, c, 1.0 / tau,
-                BLOCK=blk, num_warps=num_warps_for(blk),
-            )  # fmt: skip
-        loss = (tau * tau) * (coef * kl.view(b, k).sum(1)).sum()
+        if b * k > 0:
+            if c > 0:
+                _token_kl_fwd[(b * k,)](
+                    student, teacher, index, kl, lse_s, lse_t,
+                    student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
+                    index.stride(0), index.stride(1),
+                    k, n, c, 1.0 / tau,
+                    BLOCK=blk, num_warps=num_warps_for(blk),
+                )  # fmt: skip
+            else:
+                kl.zero_()
+        coef = torch.empty(b, dtype=torch.float32, device=dev)
+        loss = torch.empty((), dtype=torch.float32, device=dev)
+        ok = torch.empty((), dtype=torch.int32, device=dev)
+        _token_kl_finish[(1,)](
+            kl, index, weights, coef, loss, ok,
+            index.stride(0), index.stride(1), weights.stride(0),
+            b, k, n, float(tau * tau),
+            KBLOCK=_kblock_for(k),
+        )  # fmt: skip
+        if dev.type == "cuda":
+            # _token_kl_triton checked the bounds on the host already unless this is CUDA
+            # without MAD_DISTILL_SYNC_CHECKS: then the device reports them (no host sync)
+            torch._assert_async(ok, f"token_kl: index has a position >= N = {n}")
         ctx.save_for_backward(student, teacher, index, lse_s, lse_t, coef)
         ctx.tau = tau
         ctx.block = blk
@@ -426,24 +506,13 @@ class TokenKLFunction(torch.autograd.Function):
         grad = torch.empty((b, n, c), dtype=student.dtype, device=student.device)
         if grad.numel() == 0:
             return grad, None, None, None, None, None
-        # a slot of each (b, n) in the selection and how many slots pick it; unselected slots
-        # land in the spare column N
-        inv = torch.full((b, n + 1), -1, dtype=torch.int32, device=student.device)
-        cnt = torch.zeros((b, n + 1), dtype=torch.int32, device=student.device)
-        if k > 0:
-            ok = (index >= 0) & (index < n)
-            pos = torch.where(ok, index, torch.full_like(index, n)).long()
-            slots = torch.arange(k, dtype=torch.int32, device=student.device).expand(b, k)
-            inv.scatter_(1, pos, slots)
-            cnt.scatter_add_(1, pos, torch.ones_like(slots))
-        # grad_output stays on the device: folding it into the coefficient needs no host sync
-        coef_g = (coef * (ctx.tau * grad_output.to(torch.float32))).contiguous()
         _token_kl_bwd[(b * n,)](
-            student, teacher, grad, inv, cnt, lse_s, lse_t, coef_g,
+            student, teacher, grad, index, lse_s, lse_t, coef,
+            grad_output.to(torch.float32),
             student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
-            inv.stride(0),
-            n, c, k, 1.0 / ctx.tau,
-            BLOCK=ctx.block, num_warps=num_warps_for(ctx.block),
+            index.stride(0), index.stride(1),
+            n, c, k, float(ctx.tau), 1.0 / ctx.tau,
+            BLOCK=ctx.block, KBLOCK=_kblock_for(k), num_warps=num_warps_for(ctx.block),
         )  # fmt: skip
         return grad, None, None, None, None, None
 
@@ -581,7 +650,8 @@ def _token_kl_triton(
         weights=weights,
     )  # fmt: skip
     check_kernel_dtype(op, student_logits=student_logits, teacher_logits=teacher_logits)
-    check_index(op, index, student_logits.shape[1])
+    if index.device.type != "cuda" or sync_checks_enabled():
+        check_index(op, index, student_logits.shape[1])  # else: asserted on the device
     return TokenKLFunction.apply(
         row_contiguous(student_logits),
         row_contiguous(teacher_logits.detach()),

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mad_distill.align import split_words, word_ids_from_offsets
+from mad_distill.ops._utils import host_to_device
 from mad_distill.teachers.base import Teacher
 from mad_distill.types import TeacherImageOutput, TeacherTextOutput
 
@@ -619,7 +620,7 @@ class OpenCLIPTeacher(Teacher):
         from open_clip.transformer import text_global_pool
 
         parts, owner = self._parts, self._parts.owner
-        ids = ids.to(self.device)
+        ids = host_to_device(ids, self.device)
         n = ids.shape[1]
         cast_dtype = owner.transformer.get_cast_dtype()
         x = owner.token_embedding(ids).to(cast_dtype)
@@ -660,12 +661,12 @@ class OpenCLIPTeacher(Teacher):
         attention = None
         if isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
             pos = _pool_positions(ids, parts.pool_type, parts.eos_id, parts.has_cls_emb)
-            attention = query_attention(block, x_in, pos.to(device), attn_mask)
+            attention = query_attention(block, x_in, host_to_device(pos, device), attn_mask)
             attention = attention[:, : feats.shape[1]]
         return TeacherTextOutput(
             tokens=feats[:, :t],
-            mask=mask[:, :t].to(device),
-            word_ids=wids[:, :t].to(device),
+            mask=host_to_device(mask[:, :t], device),
+            word_ids=host_to_device(wids[:, :t], device),
             pooled=pooled,
             tokens_joint=_project(feats[:, :t], parts.projection),
             attention=None if attention is None else attention[:, :t],

@@ -22,13 +22,16 @@ pytestmark = pytest.mark.skipif(
 
 TK = importlib.import_module("mad_distill.ops.token_kl")
 
-# pointer / scalar types of the launch arguments (the rest are i32 ints); BLOCK is constexpr
+# pointer / scalar types of the launch arguments (the rest are i32 ints); BLOCK and KBLOCK are
+# constexpr
 CASES = [
     (TK._token_kl_fwd_kernel, {"S": "*{dt}", "T": "*{dt}", "IDX": "*{it}", "KL": "*fp32",
                                "LSE_S": "*fp32", "LSE_T": "*fp32", "inv_tau": "fp32"}),
-    (TK._token_kl_bwd_kernel, {"S": "*{dt}", "T": "*{dt}", "G": "*{dt}", "INV": "*i32",
-                               "CNT": "*i32", "LSE_S": "*fp32", "LSE_T": "*fp32",
-                               "COEF": "*fp32", "inv_tau": "fp32"}),
+    (TK._token_kl_finish_kernel, {"KL": "*fp32", "IDX": "*{it}", "W": "*fp32", "COEF": "*fp32",
+                                  "LOSS": "*fp32", "OK": "*i32", "tau_sq": "fp32"}),
+    (TK._token_kl_bwd_kernel, {"S": "*{dt}", "T": "*{dt}", "G": "*{dt}", "IDX": "*{it}",
+                               "LSE_S": "*fp32", "LSE_T": "*fp32", "COEF": "*fp32",
+                               "GO": "*fp32", "tau": "fp32", "inv_tau": "fp32"}),
     (TK._chunk_stats_kernel, {"Z": "*{dt}", "T": "*{dt}", "IDX": "*{it}", "STATE": "*fp32",
                               "inv_tau": "fp32"}),
     (TK._chunk_grad_kernel, {"Z": "*{dt}", "T": "*{dt}", "IDX": "*{it}", "LSE_S": "*fp32",
@@ -58,11 +61,13 @@ def test_kernel_compiles_for_sm90(case, dtype):
     block = TK.MAX_BLOCK
     for it in ("i64", "i32") if "IDX" in types else ("i64",):
         names = list(inspect.signature(fn).parameters)
+        consts = {"BLOCK": block, "KBLOCK": 1024}
+        consts = {n: v for n, v in consts.items() if n in names}
         sig = {
-            n: "constexpr" if n == "BLOCK" else types.get(n, "i32").format(dt=dtype, it=it)
+            n: "constexpr" if n in consts else types.get(n, "i32").format(dt=dtype, it=it)
             for n in names
         }
-        src = ASTSource(triton.jit(fn), sig, constexprs={"BLOCK": block})
+        src = ASTSource(triton.jit(fn), sig, constexprs=consts)
         kernel = triton.compile(src, target=target, options={"num_warps": num_warps_for(block)})
         assert kernel.asm["cubin"], f"{fn.__name__} produced no cubin"
         assert "ld.global" in kernel.asm["ptx"]

@@ -6,6 +6,8 @@ small; the tile width is forced small (``block``) so the multi-tile online-softm
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +24,9 @@ from kernel_helpers import (
 
 from mad_distill.ops import token_kl, token_kl_reference
 from mad_distill.ops.token_kl import _token_kl_triton
+
+# the module (``mad_distill.ops.token_kl`` as an attribute is the re-exported function)
+module = importlib.import_module("mad_distill.ops.token_kl")
 
 pytestmark = requires_triton
 
@@ -157,6 +162,40 @@ def test_repeated_positions_count_twice_as_in_the_reference():
     s = _logits(g, (2, 4, 9), torch.float32, "contiguous")
     t = _logits(g, (2, 4, 9), torch.float32, "contiguous")
     _check(s, t, torch.tensor([[1, 1, 3], [2, -1, 2]]), torch.tensor([0.5, 1.5]), 2.0, 0.8)
+
+
+def test_index_scanned_in_several_chunks(monkeypatch):
+    """The epilogue and the backward scan ``index[b]`` in chunks of KBLOCK entries: with a
+    16-entry chunk, 37 slots (repeats, -1s, positions in every chunk) take three."""
+    monkeypatch.setattr(module, "_kblock_for", lambda k: 16)
+    g = torch.Generator().manual_seed(12)
+    s = _logits(g, (3, 29, 11), torch.float32, "contiguous")
+    t = _logits(g, (3, 29, 11), torch.float32, "contiguous")
+    index = torch.randint(-1, 29, (3, 37), generator=g)
+    index[1, 30:] = index[1, 0]  # the same position in the first and the last chunk
+    index[2] = -1  # nothing selected in one row
+    _check(s, t, index, torch.tensor([0.5, 1.5, 2.0]), 1.7, 0.6)
+
+
+def test_epilogue_flags_positions_past_n_and_weights_rows():
+    """What the device-side bound check reads: ok = 0 iff a position is >= N; coef_b =
+    w_b / (B * |S_b|) counting only positions in [0, N)."""
+    index = torch.tensor([[0, 2, 5], [1, -1, -1]], device=DEVICE)
+    w = torch.tensor([3.0, 1.0], device=DEVICE)
+    kl = torch.tensor([1.0, 2.0, 4.0, 8.0, 0.0, 0.0], device=DEVICE)
+    for n, want_ok in ((6, 1), (5, 0)):
+        coef = torch.empty(2, device=DEVICE)
+        loss = torch.empty((), device=DEVICE)
+        ok = torch.empty((), dtype=torch.int32, device=DEVICE)
+        module._token_kl_finish[(1,)](
+            kl, index, w, coef, loss, ok, index.stride(0), index.stride(1), w.stride(0),
+            2, 3, n, 4.0, KBLOCK=16,
+        )  # fmt: skip
+        count0 = 3 if n == 6 else 2
+        torch.testing.assert_close(coef.cpu(), torch.tensor([3.0 / (2 * count0), 1.0 / 2]))
+        want = 4.0 * (3.0 / (2 * count0) * 7.0 + 0.5 * 8.0)
+        torch.testing.assert_close(loss.cpu(), torch.tensor(want))
+        assert int(ok) == want_ok
 
 
 def test_mixed_input_dtypes():
