@@ -8,8 +8,10 @@ would not remove in any amount that matters next to the ``[B, N, C]`` KL. ``torc
 used either: on CUDA it does not promise an order among equal scores, and the contract here is
 ties -> lower position (deterministic selections, same result on CPU and GPU); a stable sort
 gives that. ``benchmarks/kernels.py`` times the stable sort against ``torch.topk``
-(``select_tokens`` in its JSON) so the decision can be revisited with GPU numbers; it has none
-yet (issue 5).
+(``select_tokens`` in its JSON). On an H200 (``benchmarks/results/kernels-nvidia-h200.json``):
+0.10-0.23 ms for the stable sort path against 0.024-0.037 ms for ``torch.topk`` at
+``[8, 1024]``, ``[64, 237]`` and ``[256, 237]``, about 0.1-0.2 ms per step next to 0.8 ms for the
+KL. Deterministic ties are kept at that price.
 """
 
 from __future__ import annotations
