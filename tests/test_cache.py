@@ -107,6 +107,40 @@ def test_lookup_equals_live_teachers(tmp_path, mlm_model, dtype):
         torch.testing.assert_close(got.zero_shot, live.zero_shot, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_shuffled_batch_across_shards_equals_row_by_row(tmp_path, mlm_model, dtype):
+    """A batch's rows are gathered per shard in one indexing per field: a shuffled batch that
+    spans several shards gives, row for row, what one-row lookups give."""
+    from torch.utils.data import Subset
+
+    cache = _build(tmp_path, mlm_model, dtype=dtype, shard_bytes=20_000)
+    assert len(cache.index["shards"]) > 2
+    perm = torch.randperm(len(DATA), generator=torch.Generator().manual_seed(0)).tolist()
+    (whole,) = mad_batches(Subset(DATA, perm), len(DATA))
+    singles = mad_batches(Subset(DATA, perm), 1)
+    got = cache.teacher_outputs(whole, cache.outputs)
+    one = [cache.teacher_outputs(b, cache.outputs) for b in singles]
+    for name in ("image", "clip_text", "text"):
+        for field in ("tokens", "pooled", "tokens_joint", "attention", "mlm_logits", "mask",
+                      "word_ids"):  # fmt: skip
+            x = getattr(getattr(got, name), field, None)
+            if x is None:
+                continue
+            for i, o in enumerate(one):
+                y = getattr(getattr(o, name), field)
+                if x.dim() > 1 and name != "image" and field != "pooled":
+                    # ragged: the batch pads each row to the batch's longest, a single row
+                    # to itself; past its own length the batch holds the fill value
+                    n = y.shape[1]
+                    assert torch.equal(x[i, :n], y[0]), (name, field, i)
+                    fill = {"mask": False, "word_ids": -1}.get(field, 0)
+                    assert (x[i, n:] == fill).all(), (name, field, i)
+                else:
+                    assert torch.equal(x[i], y[0]), (name, field, i)
+    for i, o in enumerate(one):
+        assert torch.equal(got.zero_shot[i], o.zero_shot[0])
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_training_with_cache_equals_training_without(
     tmp_path, tiny_clip, tiny_mlm_spec, word_tokenizer, dtype
