@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_session.sh OUT_DIR
 #
 # 1. benchmarks/kernels.py: token_kl / fused_linear_token_kl vs eager, torch.compile, Liger-Kernel
-# 2. tests/ops on CUDA (hypothesis against the references) + the CUDA teacher test
+# 2. tests/ops on CUDA (hypothesis against the references), the CUDA teacher test and the
+#    no-host-sync test of a MAD step
 # 3. benchmarks/training_overhead.py on CUDA (plain vs MAD live vs MAD cache)
 # Wheels found in .whl/ (liger-kernel, open_clip_torch, ftfy, wcwidth: see benchmarks/README.md)
 # are installed with --no-deps into /tmp/site first, for a machine with no package registry.
@@ -32,7 +33,8 @@ echo "kernels exit ${PIPESTATUS[0]}" | tee -a "$OUT_DIR/gpu-session.log"
 
 echo "== tests on CUDA" | tee -a "$OUT_DIR/gpu-session.log"
 timeout "${T_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider -rs tests/ops \
-  tests/teachers/test_teachers_clip.py::test_cuda_outputs_and_identity 2>&1 \
+  tests/teachers/test_teachers_clip.py::test_cuda_outputs_and_identity \
+  tests/test_mixin.py::test_mad_step_makes_no_host_sync_on_cuda 2>&1 \
   | tee "$OUT_DIR/tests-cuda.log" | tail -25
 echo "tests exit ${PIPESTATUS[0]}" | tee -a "$OUT_DIR/gpu-session.log"
 

