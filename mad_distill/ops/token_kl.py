@@ -118,8 +118,7 @@ def token_kl_reference(
     """
     _check_token_kl_inputs(student_logits, teacher_logits, index, weights, tau)
     b, n, c = student_logits.shape
-    if index.numel() and int(index.max()) >= n:
-        raise ValueError(f"index has a position >= N = {n}")
+    check_index("token_kl", index, n)
     valid = index >= 0
     safe = index.clamp(min=0).long()
     gather = safe.unsqueeze(-1).expand(-1, -1, c)
