@@ -41,6 +41,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 
 from mad_distill._optim import decay_param_groups, warmup_cosine
+from mad_distill.bench.augment import augment_images, check_augment, create_augmentation
 from mad_distill.config import MADConfig
 from mad_distill.data.world.student_pretrain import normalize_images
 from mad_distill.mixin import MADMixin, MADTeacherOutputs
@@ -178,6 +179,10 @@ METHOD_OPTIONS: dict[str, Any] = {
     "unlabeled": 0.0,
     # bench task -> MADConfig.class_groups for that task's runs (tasks not named: none)
     "class_groups": {},
+    # augmented views, e.g. {kind: augmix, labeled: false, unlabeled: true} (see bench.augment)
+    "augment": None,
+    # false: no teacher (a baseline that still takes the runner's other options)
+    "distill": True,
 }
 
 
@@ -200,6 +205,14 @@ def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
             check_task(task)
         except ValueError as err:
             raise ValueError(f"class_groups: {err}") from None
+    if not isinstance(opts["distill"], bool):
+        raise ValueError(f"distill must be true or false, got {opts['distill']!r}")
+    if not opts["distill"]:
+        bad = sorted(set(method_cfg or {}) - set(METHOD_OPTIONS))
+        bad += [name for name in ("unlabeled", "class_groups") if opts[name]]
+        if bad:
+            raise ValueError(f"distill: false (no teacher) takes no {bad}")
+    opts["augment"] = check_augment(opts["augment"], u)
     return opts
 
 
@@ -304,6 +317,8 @@ class TeacherFeatureStore:
         self.teachers = dict(teachers)
         self.num_classes = num_classes
         self._items: dict[str, dict[str, Tensor]] = {}
+        # the current step's augmented views (see set_views)
+        self._views: dict[str, dict[str, Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -320,6 +335,35 @@ class TeacherFeatureStore:
         text is the question with the teacher's zero-shot choice, not the correct one (see
         :func:`unlabeled_view`).
         """
+        positions = list(range(len(dataset)))
+        for start in range(0, len(positions), batch_size):
+            pos = positions[start : start + batch_size]
+            batch = dataset.collate(pos)
+            keys = self._keys(batch, unlabeled)
+            if all(k in self._items for k in keys):
+                continue
+            items = self._compute(batch, dataset.images(pos), unlabeled)
+            for k, item in zip(keys, items):
+                self._items.setdefault(k, item)
+
+    @torch.no_grad()
+    def set_views(self, batches: Sequence[tuple[Any, bool]]) -> None:
+        """Compute the outputs of this step's augmented views (``(world batch, unlabeled)``
+        pairs, each batch's ``images`` already augmented and its keys made unique to the view)
+        and serve them until the next call; they are never stored."""
+        self._views = {}
+        for batch, unlabeled in batches:
+            raw = batch.images.mul(255.0).round().clamp(0, 255).to(torch.uint8)
+            raw = raw.permute(0, 2, 3, 1).contiguous().numpy()
+            items = self._compute(batch, raw, unlabeled)
+            self._views.update(zip(self._keys(batch, unlabeled), items))
+
+    @staticmethod
+    def _keys(batch, unlabeled: bool) -> list[str]:
+        return [k + UNLABELED_SUFFIX for k in batch.mad.keys] if unlabeled else batch.mad.keys
+
+    def _compute(self, batch, raw: np.ndarray, unlabeled: bool) -> list[dict[str, Tensor]]:
+        """Every teacher output of one world batch with ``uint8 [B, H, W, 3]`` pixels."""
         from mad_distill.data.world.datamodule import choice_texts
         from mad_distill.data.world.zero_shot import group_logits, images_to_tensor
 
@@ -330,55 +374,47 @@ class TeacherFeatureStore:
             from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
             mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-        positions = list(range(len(dataset)))
-        for start in range(0, len(positions), batch_size):
-            pos = positions[start : start + batch_size]
-            batch = dataset.collate(pos)
-            mad = batch.mad
-            keys = [k + UNLABELED_SUFFIX for k in mad.keys] if unlabeled else mad.keys
-            todo = [i for i, k in enumerate(keys) if k not in self._items]
-            if not todo:
-                continue
-            raw = dataset.images(pos)
-            images = images_to_tensor(raw, mean, std).to(clip.device)
-            image = clip.encode_image(images)
-            cand = clip.zero_shot_logits(image.pooled, mad.candidates).float().cpu()
-            groups = mad.extra["candidate_groups"]
-            cls = group_logits(cand, groups, self.num_classes)
-            floor = cand.min(dim=1, keepdim=True).values - 1e3
-            cls = torch.where(torch.isfinite(cls), cls, floor.expand_as(cls))
-            texts = list(mad.texts)
-            if unlabeled and batch.choices is not None:
-                texts = choice_texts(batch.texts, batch.choices, cls.argmax(-1))
-            clip_text = clip.encode_text(texts)
-            text = self.teachers["text"].encode_text(texts) if "text" in self.teachers else None
-            for i in todo:
-                item = {
-                    "img_tokens": image.tokens[i].cpu(),
-                    "img_pooled": image.pooled[i].float().cpu(),
-                    "zero_shot": cls[i],
-                }
-                if image.tokens_joint is not None:
-                    item["img_joint"] = image.tokens_joint[i].cpu()
-                if image.attention is not None:
-                    item["img_attention"] = image.attention[i].float().cpu()
-                item.update(_text_item("clip_text", clip_text, i))
-                if text is not None:
-                    item.update(_text_item("text", text, i))
-                self._items[keys[i]] = item
-            self._grid = image.grid
+        mad = batch.mad
+        images = images_to_tensor(raw, mean, std).to(clip.device)
+        image = clip.encode_image(images)
+        cand = clip.zero_shot_logits(image.pooled, mad.candidates).float().cpu()
+        cls = group_logits(cand, mad.extra["candidate_groups"], self.num_classes)
+        floor = cand.min(dim=1, keepdim=True).values - 1e3
+        cls = torch.where(torch.isfinite(cls), cls, floor.expand_as(cls))
+        texts = list(mad.texts)
+        if unlabeled and batch.choices is not None:
+            texts = choice_texts(batch.texts, batch.choices, cls.argmax(-1))
+        clip_text = clip.encode_text(texts)
+        text = self.teachers["text"].encode_text(texts) if "text" in self.teachers else None
+        self._grid = image.grid
+        items = []
+        for i in range(len(texts)):
+            item = {
+                "img_tokens": image.tokens[i].cpu(),
+                "img_pooled": image.pooled[i].float().cpu(),
+                "zero_shot": cls[i],
+            }
+            if image.tokens_joint is not None:
+                item["img_joint"] = image.tokens_joint[i].cpu()
+            if image.attention is not None:
+                item["img_attention"] = image.attention[i].float().cpu()
+            item.update(_text_item("clip_text", clip_text, i))
+            if text is not None:
+                item.update(_text_item("text", text, i))
+            items.append(item)
+        return items
 
     def outputs(self, batch: MADBatch, required: frozenset[str], device) -> MADTeacherOutputs:
         """The stored outputs of ``batch`` (every key must have been filled)."""
         if batch.keys is None:
             raise ValueError("MADBatch.keys is None: the feature store looks items up by key")
-        missing = [k for k in batch.keys if k not in self._items]
+        items = [self._items.get(k, self._views.get(k)) for k in batch.keys]
+        missing = [k for k, it in zip(batch.keys, items) if it is None]
         if missing:
             raise KeyError(
                 f"teacher outputs not stored for {len(missing)} item(s), e.g. "
                 f"{missing[0]!r}; call TeacherFeatureStore.fill(dataset) first"
             )
-        items = [self._items[k] for k in batch.keys]
 
         def stack(name: str) -> Tensor | None:
             if name not in items[0]:
@@ -487,6 +523,8 @@ def _store_for(teachers, n_cls: int, opts, task: str, vcr_mode: str, train_ds, u
 # ----------------------------------------------------------------------------- unlabelled inputs
 #: store-key suffix of an item used as an unlabelled input (its teacher text may differ)
 UNLABELED_SUFFIX = "#unlabeled"
+#: store-key suffix of an augmented view of an item (its teacher outputs live one step)
+VIEW_SUFFIX = "#view"
 
 
 def unlabeled_view(batch, module: MADMixin):
@@ -588,6 +626,9 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         tokenizer: the student's word tokenizer.
         init_state: pretrained student weights (all but the task head ``head.*``), e.g. from
             :func:`pretrained_student`; ``None`` starts from random weights.
+        augment: the ``augment`` method option (:func:`~mad_distill.bench.augment.check_augment`):
+            train on augmented views of the labelled and/or unlabelled rows; when distilling,
+            the teachers see the same views (needs ``store``).
     """
 
     def __init__(
@@ -611,8 +652,13 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         total_steps: int = 1000,
         tokenizer: WordTokenizer | None = None,
         init_state: Mapping[str, Tensor] | None = None,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.augment = check_augment(augment, unlabeled=1.0)
+        self._policy = None if augment is None else create_augmentation(self.augment["kind"])
+        if self.augment is not None and mad is not None and store is None:
+            raise ValueError("augment: distilling on augmented views needs a TeacherFeatureStore")
         self.task = task
         self.num_classes = num_classes
         self.tokenizer = tokenizer
@@ -688,7 +734,19 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         # unlabelled inputs: one forward over both, the task loss on the labelled rows only
         labeled = batch["labeled"] if isinstance(batch, Mapping) else batch
         unlabeled = batch.get("unlabeled") if isinstance(batch, Mapping) else None
-        if unlabeled is not None and self.distill:
+        if unlabeled is not None and not self.distill:
+            unlabeled = None
+        if self.augment is not None:
+            views = []
+            if self.augment["labeled"]:
+                labeled = self._view(labeled)
+                views.append((labeled, False))
+            if unlabeled is not None and self.augment["unlabeled"]:
+                unlabeled = self._view(unlabeled)
+                views.append((unlabeled, True))
+            if self.distill:
+                self.store.set_views(views)
+        if unlabeled is not None:
             batch = _concat(labeled, unlabeled_view(unlabeled, self))
         else:
             batch = labeled
@@ -699,6 +757,12 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         if self.distill:
             loss = loss + self.mad_loss(batch.mad, out.tokens)
         return loss
+
+    def _view(self, batch):
+        """``batch`` with each image augmented on its own and keys unique to the view."""
+        images = augment_images(batch.images, self._policy).float().div_(255.0)
+        mad = dataclasses.replace(batch.mad, keys=[k + VIEW_SUFFIX for k in batch.mad.keys])
+        return dataclasses.replace(batch, images=images, mad=mad)
 
     def _score(self, logits: Tensor, batch) -> Tensor:
         pred = logits.argmax(-1)
@@ -807,11 +871,12 @@ def run_world(run, bench) -> dict:
         for d in bench.test_domains
     ]
     n_cls = num_classes(world_task)
-    unlabeled = method_options(method_cfg)["unlabeled"]
+    method_opts = method_options(method_cfg)
+    unlabeled = method_opts["unlabeled"]
     mad = teachers = store = None
     # labels dropped: see unlabeled_view
     unlabeled_ds = train_split(float(unlabeled)) if unlabeled else None
-    if method_cfg is not None:
+    if method_cfg is not None and method_opts["distill"]:
         mad = mad_config_for(method_cfg, opts, run.task)
         teachers = _teachers(opts["teacher"], opts.get("text_teacher"))
         store = _store_for(teachers, n_cls, opts, world_task, vcr_mode, train_ds, unlabeled_ds)
@@ -843,6 +908,7 @@ def run_world(run, bench) -> dict:
         total_steps=total,
         tokenizer=tokenizer,
         init_state=init_state,
+        augment=method_opts["augment"],
     )
     with _quiet():
         trainer = L.Trainer(

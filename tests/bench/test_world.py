@@ -261,15 +261,33 @@ def test_a_runs_teacher_outputs_do_not_depend_on_earlier_runs(tmp_path, world_cl
 def test_method_options_are_checked_and_kept_out_of_the_mad_config():
     from mad_distill.bench.world import method_options
 
-    assert method_options(None) == {"unlabeled": 0.0, "class_groups": {}}
+    assert method_options(None) == {
+        "unlabeled": 0.0,
+        "class_groups": {},
+        "augment": None,
+        "distill": True,
+    }
     assert method_options({"unlabeled": 0.2, "select": {"ratio": 0.3}})["unlabeled"] == 0.2
     for bad in (-0.1, 1.5, True, "0.2"):
         with pytest.raises(ValueError, match="unlabeled"):
             method_options({"unlabeled": bad})
     cfg = mad_config_for({"unlabeled": 0.2, "select": {"ratio": 0.3}}, {"teacher": "world-clip"})
     assert "unlabeled" not in cfg.to_dict(serializable=True)
-    with pytest.raises(ValueError, match=r"unlabled.*also takes \('unlabeled', 'class_groups'\)"):
+    with pytest.raises(ValueError, match=r"unlabled.*also takes \('unlabeled', 'class_groups'"):
         mad_config_for({"unlabled": 0.2}, {"teacher": "world-clip"})
+    # a baseline with the runner's options: no teacher, so no MAD field or distillation input
+    plain = method_options({"distill": False, "augment": {"kind": "augmix", "labeled": True}})
+    assert plain["augment"] == {"kind": "augmix", "labeled": True, "unlabeled": True}
+    with pytest.raises(ValueError, match=r"distill: false \(no teacher\) takes no \['select'\]"):
+        method_options({"distill": False, "select": {"ratio": 0.3}})
+    with pytest.raises(ValueError, match=r"takes no \['unlabeled'\]"):
+        method_options({"distill": False, "unlabeled": 0.2})
+    with pytest.raises(ValueError, match="distill must be true or false"):
+        method_options({"distill": "no"})
+    with pytest.raises(ValueError, match="augment.kind: unknown augmentation"):
+        method_options({"unlabeled": 0.2, "augment": {"kind": "cutout"}})
+    with pytest.raises(ValueError, match="no unlabelled inputs"):
+        method_options({"augment": {"kind": "augmix"}})
 
 
 def test_class_groups_apply_to_their_task_only():
@@ -360,3 +378,108 @@ def test_distilling_on_unlabeled_inputs_runs_and_changes_the_result(tmp_path, wo
         **run_world(RunSpec("vcr", "MAD-U", 0.002, 0), bench),
         "timing": with_u["timing"],
     }
+
+
+# ----------------------------------------------------------------------------- augmented views
+@pytest.mark.parametrize(("task", "unlabeled"), [("vqa", False), ("vcr", True)])
+def test_views_get_the_teachers_outputs_on_their_own_pixels(world_clip_spec, task, unlabeled):
+    """An augmented view is served the teachers' outputs on the augmented pixels (computed as
+    ``fill`` computes a chunk: a view of unchanged pixels gets the stored items bit for bit),
+    for one step only."""
+    from mad_distill.bench.augment import augment_images, create_augmentation
+    from mad_distill.bench.world import UNLABELED_SUFFIX, VIEW_SUFFIX
+    from mad_distill.data.world.tasks import num_classes
+    from mad_distill.data.world.zero_shot import images_to_tensor
+
+    teachers = _teachers(world_clip_spec, None)
+    store = TeacherFeatureStore(teachers, num_classes(task))
+    ds = _dataset(task, "flat", "train", tuple(range(40, 52)), 0, "q2a")
+    store.fill(ds, unlabeled=unlabeled)
+    batch = ds.collate(list(range(12)))
+    suffix = UNLABELED_SUFFIX if unlabeled else ""
+
+    def view(images):
+        keys = [k + VIEW_SUFFIX for k in batch.mad.keys]
+        return dataclasses.replace(
+            batch, images=images, mad=dataclasses.replace(batch.mad, keys=keys)
+        )
+
+    same = view(batch.images)
+    store.set_views([(same, unlabeled)])
+    for key in batch.mad.keys:
+        stored, served = store._items[key + suffix], store._views[key + VIEW_SUFFIX + suffix]
+        assert stored.keys() == served.keys()
+        for name in stored:
+            assert torch.equal(stored[name], served[name]), name
+
+    torch.manual_seed(0)
+    pixels = augment_images(batch.images, create_augmentation("augmix"))
+    aug = view(pixels.float() / 255)
+    store.set_views([(aug, unlabeled)])
+    keys = [k + suffix for k in aug.mad.keys]
+    need = frozenset({"image", "zero_shot", "clip_text"})
+    out = store.outputs(dataclasses.replace(aug.mad, keys=keys), need, torch.device("cpu"))
+    clip = teachers["clip"]
+    pp = clip.model.visual.preprocess_cfg
+    direct = clip.encode_image(
+        images_to_tensor(pixels.permute(0, 2, 3, 1).numpy(), pp["mean"], pp["std"])
+    )
+    torch.testing.assert_close(out.image.pooled, direct.pooled.float())
+    assert not torch.allclose(
+        out.image.pooled,
+        store.outputs(
+            dataclasses.replace(batch.mad, keys=[k + suffix for k in batch.mad.keys]),
+            need,
+            torch.device("cpu"),
+        ).image.pooled,
+    )
+    store.set_views([])  # the next step: the old views are gone
+    with pytest.raises(KeyError, match="not stored"):
+        store.outputs(dataclasses.replace(aug.mad, keys=keys), need, torch.device("cpu"))
+
+
+def test_training_on_augmented_views(tmp_path, world_clip_spec, monkeypatch):
+    """Augmented labelled rows (a baseline) and augmented unlabelled rows (MAD-U) train,
+    change the result, and repeat it exactly; when distilling, every step's views reach the
+    teachers."""
+    from mad_distill.bench import world
+
+    mad = {"select": {"ratio": 0.3}, "unlabeled": 0.01}
+    aug = {"kind": "augmix"}
+    bench = _bench(
+        tmp_path,
+        world_clip_spec,
+        tasks=["vcr"],
+        methods={
+            "baseline": None,
+            "baseline-aug": {"distill": False, "augment": {**aug, "labeled": True}},
+            "MAD-U": mad,
+            "MAD-U-aug": {**mad, "augment": aug},
+        },
+    )
+    served: list[list[str]] = []
+    set_views = world.TeacherFeatureStore.set_views
+
+    def spy(self, batches):
+        served.append([k for b, _ in batches for k in b.mad.keys])
+        return set_views(self, batches)
+
+    monkeypatch.setattr(world.TeacherFeatureStore, "set_views", spy)
+    # the trained weights (16 test items after 2 steps rarely tell methods apart)
+    trained: list[torch.Tensor] = []
+
+    def on_fit_end(self):
+        trained.append(torch.cat([p.detach().flatten() for p in self.student.parameters()]))
+
+    monkeypatch.setattr(world.WorldTaskModule, "on_fit_end", on_fit_end, raising=False)
+    out = {m: run_world(RunSpec("vcr", m, 0.002, 0), bench) for m in bench.methods}
+    weights = dict(zip(bench.methods, trained))
+    assert not torch.equal(weights["baseline-aug"], weights["baseline"])
+    assert out["baseline-aug"]["teacher"] is None and out["baseline-aug"]["mad_config"] is None
+    assert not torch.equal(weights["MAD-U-aug"], weights["MAD-U"])
+    # two steps of MAD-U-aug: each sets the views of its unlabelled rows (the baseline: none)
+    assert len(served) == 2
+    assert all(len(keys) == 8 and all(k.endswith("#view") for k in keys) for keys in served)
+    again = run_world(RunSpec("vcr", "MAD-U-aug", 0.002, 0), bench)
+    assert again["metrics"] == out["MAD-U-aug"]["metrics"]
+    assert torch.equal(trained[-1], weights["MAD-U-aug"])
