@@ -70,11 +70,16 @@ def check_augment(value: Mapping[str, Any] | None, unlabeled: float) -> dict[str
     return out
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """Pixels in ``[0, 1]`` as ``uint8`` (exact for images that were ``uint8 / 255``)."""
+    return images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def augment_images(images: Tensor, policy: Callable[[Tensor], Tensor]) -> Tensor:
     """Each image of ``[B, 3, H, W]`` pixels in ``[0, 1]`` through ``policy`` on its own
     (torchvision draws one set of ops per call), as ``uint8 [B, 3, H, W]``. Randomness comes
     from torch's global generator, so a seeded run is reproducible."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
-    u8 = images.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    u8 = to_uint8(images)
     return torch.stack([policy(im) for im in u8]) if len(u8) else u8

@@ -41,7 +41,12 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 
 from mad_distill._optim import decay_param_groups, warmup_cosine
-from mad_distill.bench.augment import augment_images, check_augment, create_augmentation
+from mad_distill.bench.augment import (
+    augment_images,
+    check_augment,
+    create_augmentation,
+    to_uint8,
+)
 from mad_distill.config import MADConfig
 from mad_distill.data.world.student_pretrain import normalize_images
 from mad_distill.mixin import MADMixin, MADTeacherOutputs
@@ -353,8 +358,7 @@ class TeacherFeatureStore:
         and serve them until the next call; they are never stored."""
         self._views = {}
         for batch, unlabeled in batches:
-            raw = batch.images.mul(255.0).round().clamp(0, 255).to(torch.uint8)
-            raw = raw.permute(0, 2, 3, 1).contiguous().numpy()
+            raw = to_uint8(batch.images).permute(0, 2, 3, 1).contiguous().numpy()
             items = self._compute(batch, raw, unlabeled)
             self._views.update(zip(self._keys(batch, unlabeled), items))
 
