@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mad_distill.bench.world import _train_indices
-from mad_distill.data.world.generator import generate_images, generate_scene, task_rng
-from mad_distill.data.world.tasks import _TASK_CODE, make_instance, num_classes
+from mad_distill.data.world.datamodule import WorldTaskDataset
+from mad_distill.data.world.tasks import num_classes
 from mad_distill.data.world.teacher import load_world_clip
 from mad_distill.data.world.zero_shot import TextEmbedder, group_logits, images_to_tensor
 
@@ -29,17 +29,14 @@ from mad_distill.data.world.zero_shot import TextEmbedder, group_logits, images_
 def embeddings(model, embed, task: str, split: str, domain: str, idx: list[int]):
     """``(image [N, e], candidate texts [N, K, e], groups [N, K], targets)``."""
     pp = model.visual.preprocess_cfg
+    ds = WorldTaskDataset(task, domain, idx, split=split, teacher_images=False)
     out = []
-    for s in range(0, len(idx), 250):
-        ii = idx[s : s + 250]
-        scenes = [generate_scene(0, split, i) for i in ii]
-        insts = [
-            make_instance(task, sc, task_rng(0, split, _TASK_CODE[task], i))
-            for sc, i in zip(scenes, ii)
-        ]
-        pixels = generate_images(0, split, domain, ii, scenes=scenes)
-        img = model.encode_image(images_to_tensor(pixels, pp["mean"], pp["std"]), normalize=True)
-        txt = embed([t for x in insts for t in x.candidates]).view(len(ii), -1, img.shape[-1])
+    for s in range(0, len(ds), 250):
+        pos = list(range(s, min(s + 250, len(ds))))
+        insts = [ds.instances[p] for p in pos]
+        pixels = images_to_tensor(ds.images(pos), pp["mean"], pp["std"])
+        img = model.encode_image(pixels, normalize=True)
+        txt = embed([t for x in insts for t in x.candidates]).view(len(pos), -1, img.shape[-1])
         groups = torch.tensor([x.groups for x in insts])
         if task == "vqa":  # soft VQA scores
             y = torch.tensor(np.stack([x.scores for x in insts])).float()
