@@ -4,8 +4,9 @@ Default: the unlabelled-inputs table. Reads the ``table.json`` of the low-shot g
 with the default steps) and of the unlabelled grid (every method at 600 steps) and prints one
 Markdown row per task x fraction x test domain, with ``method − better baseline`` for ``--method``.
 
-``--status``: the issue's target, cell by cell. Every low-shot cell compares MAD-U and MAD-U with
-AugMix on both rows (``world_augment_seeds``) with the best of three baselines (default steps,
+``--status``: the issue's target, cell by cell. Every low-shot cell compares MAD-U, MAD-U with
+AugMix on both rows (``world_augment_seeds``) and the same distilling the 6000-step teacher
+(``world_teacher6000``, if present) with the best of three baselines (default steps,
 600 steps, AugMix on the labelled rows), marks the cells that clear +5 points, and shows the
 fully supervised student (``world_100pct_seeds``, else seed 0 of ``world_100pct``) for scale; the
 100 % rows compare MAD with the baseline against the issue's "baseline − 1".
@@ -24,6 +25,8 @@ _ROOT = Path(__file__).resolve().parent / "results"
 _NAMES = {"vqa": "VQA", "snli_ve": "SNLI-VE", "vcr": "VCR Q→A"}
 #: the issue's bars: low-shot gain over the baseline, and the allowed loss at 100 %
 LOWSHOT_GAIN, FULL_LOSS = 5.0, -1.0
+#: the column of the grid that distils the 6000-step teacher
+STRONGER = "MAD-U + AugMix, 6000-step teacher"
 
 Cells = dict[tuple[str, float, str, str], tuple[float, float, int]]
 
@@ -72,8 +75,13 @@ def compare(short: Cells, grid: Cells, methods: list[str], method: str) -> list[
     return lines
 
 
-def status(short: Cells, grid: Cells, augmented: Cells, full: Cells) -> tuple[list[str], dict]:
+def status(
+    short: Cells, grid: Cells, augmented: Cells, full: Cells, stronger: Cells | None = None
+) -> tuple[list[str], dict]:
     """The target table (Markdown lines) and ``{method: [cells met, cells]}``.
+
+    ``stronger``: the grid of MAD-U + AugMix distilling the 6000-step teacher
+    (``world_teacher6000``); one more method column when given.
 
     A low-shot cell is met when the method's mean is at least :data:`LOWSHOT_GAIN` above the
     best baseline's; a 100 % cell when MAD's mean is at least ``baseline + FULL_LOSS``. A mean
@@ -85,6 +93,8 @@ def status(short: Cells, grid: Cells, augmented: Cells, full: Cells) -> tuple[li
         ("AugMix", augmented, "baseline-augmix"),
     ]
     methods = [("MAD-U", grid, "MAD-U"), ("MAD-U + AugMix", augmented, "MAD-U-augmix-all")]
+    if stronger:
+        methods.append((STRONGER, stronger, "MAD-U-augmix-all"))
     head = ["task", "fraction", "test domain"]
     head += [f"baseline ({name})" for name, _, _ in baselines]
     head += [name for name, _, _ in methods]
@@ -147,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         ],
         help="100 %% grids; a cell is read from the first that has it",
     )
+    p.add_argument(
+        "--stronger",
+        type=Path,
+        default=_ROOT / "world_teacher6000" / "table.json",
+        help="the grid with the 6000-step teacher (a column if the file exists)",
+    )
     args = p.parse_args(argv)
     short, grid = _cells(args.default_steps), _cells(args.grid)
     if not args.status:
@@ -155,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     full: Cells = {}
     for path in reversed(args.full):
         full.update(_cells(path))
-    lines, met = status(short, grid, _cells(args.augmented), full)
+    stronger = _cells(args.stronger) if args.stronger.is_file() else None
+    lines, met = status(short, grid, _cells(args.augmented), full, stronger)
     print("\n".join(lines))
     print()
     for name, (ok, n) in met.items():

@@ -188,6 +188,9 @@ METHOD_OPTIONS: dict[str, Any] = {
     "augment": None,
     # false: no teacher (a baseline that still takes the runner's other options)
     "distill": True,
+    # weight of the task loss on the unlabelled rows with the teacher's zero-shot answer as a
+    # hard label (Noisy Student / FixMatch-style pseudo-labels; 0: off; needs unlabeled > 0)
+    "pseudo_labels": 0.0,
 }
 
 
@@ -210,11 +213,16 @@ def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
             check_task(task)
         except ValueError as err:
             raise ValueError(f"class_groups: {err}") from None
+    pl = opts["pseudo_labels"]
+    if isinstance(pl, bool) or not isinstance(pl, (int, float)) or not 0 <= pl < math.inf:
+        raise ValueError(f"pseudo_labels must be a finite weight >= 0 (0: off), got {pl!r}")
+    if pl and not u:
+        raise ValueError("pseudo_labels needs unlabeled inputs (unlabeled > 0)")
     if not isinstance(opts["distill"], bool):
         raise ValueError(f"distill must be true or false, got {opts['distill']!r}")
     if not opts["distill"]:
         bad = sorted(set(method_cfg or {}) - set(METHOD_OPTIONS))
-        bad += [name for name in ("unlabeled", "class_groups") if opts[name]]
+        bad += [name for name in ("unlabeled", "class_groups", "pseudo_labels") if opts[name]]
         if bad:
             raise ValueError(f"distill: false (no teacher) takes no {bad}")
     opts["augment"] = check_augment(opts["augment"], u)
@@ -657,9 +665,11 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         tokenizer: WordTokenizer | None = None,
         init_state: Mapping[str, Tensor] | None = None,
         augment: Mapping[str, Any] | None = None,
+        pseudo_labels: float = 0.0,
     ) -> None:
         super().__init__()
         self.augment = check_augment(augment, unlabeled=1.0)
+        self.pseudo_labels = float(pseudo_labels)
         self._policy = None if augment is None else create_augmentation(self.augment["kind"])
         if self.augment is not None and mad is not None and store is None:
             raise ValueError("augment: distilling on augmented views needs a TeacherFeatureStore")
@@ -751,13 +761,19 @@ class WorldTaskModule(MADMixin, L.LightningModule):
             if self.distill:
                 self.store.set_views(views)
         if unlabeled is not None:
-            batch = _concat(labeled, unlabeled_view(unlabeled, self))
+            unlabeled = unlabeled_view(unlabeled, self)
+            batch = _concat(labeled, unlabeled)
         else:
             batch = labeled
         out = self(batch)
         b = len(labeled)
         loss = self._task_loss(out.logits[:b], labeled)
         self.log("task", loss, prog_bar=True, batch_size=b)
+        if self.pseudo_labels and unlabeled is not None:
+            # unlabeled_view put the teacher's answers in .labels (and dropped VQA's scores)
+            pseudo = self._task_loss(out.logits[b:], unlabeled)
+            self.log("pseudo", pseudo, batch_size=len(unlabeled))
+            loss = loss + self.pseudo_labels * pseudo
         if self.distill:
             loss = loss + self.mad_loss(batch.mad, out.tokens)
         return loss
@@ -823,6 +839,7 @@ def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
         WORLD_CLIP_ALIAS,
         WORLD_CLIP_CHECKSUM,
         checksum_path,
+        sha256_file,
     )
 
     opts = train_options(bench_train)
@@ -835,6 +852,11 @@ def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
     for role, path in files.items():
         if path is not None:
             opts[f"{role}_sha256"] = json.loads(Path(path).read_text())["sha256"]
+    if opts["teacher"].startswith("open_clip:"):
+        # a weights file named by path: its content, not its name, decides a run's result
+        weights = Path(opts["teacher"].partition("@")[2])
+        if weights.is_file():
+            opts["teacher_sha256"] = sha256_file(weights)
     return opts
 
 
@@ -913,6 +935,7 @@ def run_world(run, bench) -> dict:
         tokenizer=tokenizer,
         init_state=init_state,
         augment=method_opts["augment"],
+        pseudo_labels=method_opts["pseudo_labels"],
     )
     with _quiet():
         trainer = L.Trainer(

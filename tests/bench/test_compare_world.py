@@ -93,10 +93,27 @@ def test_status_takes_the_best_baseline_and_needs_three_seeds(cw, tmp_path, caps
             str(aug),
             "--full",
             str(full),
+            "--stronger",
+            str(tmp_path / "absent.json"),
             "--status",
         ]
     )
-    assert "- MAD-U: 1 of 2 cells meet the target" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "- MAD-U: 1 of 2 cells meet the target" in out and "6000-step" not in out
+    # the grid with the stronger teacher: one more column, counted like the others
+    stronger = _table(
+        tmp_path / "t.json",
+        [
+            ("vqa", 0.01, "flat", "MAD-U-augmix-all", 67.5, 3),
+            ("vcr", 0.01, "flat", "MAD-U-augmix-all", 74.0, 3),
+        ],
+    )
+    lines, met = cw.status(
+        cw._cells(short), cw._cells(grid), cw._cells(aug), cw._cells(full), cw._cells(stronger)
+    )
+    assert met["MAD-U + AugMix, 6000-step teacher"] == [1, 2]
+    vqa = next(line for line in lines if line.startswith("| VQA | 1 %"))
+    assert "| 67.5 ± 1.0 |" in vqa and "**+5.5** ✓" in vqa
 
 
 def test_committed_results_print(cw, capsys):

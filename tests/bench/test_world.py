@@ -127,6 +127,13 @@ def test_fingerprint_follows_resolved_defaults_and_file_checksums(tmp_path, tiny
     assert resolved["student_sha256"] == record["sha256"]
     assert resolved["lr"] == train_options({})["lr"]  # defaults are part of it
     assert "teacher_sha256" in resolve_train({"student": "scratch"})  # packaged world-clip
+    # a teacher weights file named in an open_clip spec: its bytes, not its path, count
+    weights = tmp_path / "t.safetensors"
+    weights.write_bytes(b"one")
+    spec = {"student": "scratch", "teacher": f"open_clip:MAD-World-CLIP@{weights}"}
+    first = resolve_train(spec)["teacher_sha256"]
+    weights.write_bytes(b"two")
+    assert resolve_train(spec)["teacher_sha256"] != first
     bench = BenchConfig(
         tasks=["vqa"], fractions=[0.01], methods={"baseline": None}, out_dir=str(tmp_path)
     )
@@ -266,8 +273,16 @@ def test_method_options_are_checked_and_kept_out_of_the_mad_config():
         "class_groups": {},
         "augment": None,
         "distill": True,
+        "pseudo_labels": 0.0,
     }
     assert method_options({"unlabeled": 0.2, "select": {"ratio": 0.3}})["unlabeled"] == 0.2
+    for bad in (-1.0, float("inf"), float("nan"), True, "1"):
+        with pytest.raises(ValueError, match="pseudo_labels must be"):
+            method_options({"unlabeled": 0.2, "pseudo_labels": bad})
+    with pytest.raises(ValueError, match="pseudo_labels needs unlabeled inputs"):
+        method_options({"pseudo_labels": 1.0})
+    with pytest.raises(ValueError, match=r"takes no \['unlabeled', 'pseudo_labels'\]"):
+        method_options({"distill": False, "unlabeled": 0.2, "pseudo_labels": 1.0})
     for bad in (-0.1, 1.5, True, "0.2"):
         with pytest.raises(ValueError, match="unlabeled"):
             method_options({"unlabeled": bad})
@@ -359,6 +374,39 @@ def test_unlabeled_view_never_reads_the_ground_truth(world_clip_spec, task):
     assert torch.equal(again.labels, view.labels)
     if task == "vcr":
         assert again.mad.texts == view.mad.texts
+
+
+def test_pseudo_labels_add_the_task_loss_on_the_teachers_answers(world_clip_spec):
+    """``pseudo_labels: w`` adds ``w`` x the task loss of the unlabelled rows against the teacher's
+    zero-shot answers (VQA: cross-entropy, the soft scores are never read)."""
+    import torch.nn.functional as F
+
+    from mad_distill.bench.world import _concat, unlabeled_view
+    from mad_distill.data.world.tasks import num_classes
+
+    teachers = _teachers(world_clip_spec, None)
+    store = TeacherFeatureStore(teachers, num_classes("vqa"))
+    ds = _dataset("vqa", "flat", "train", tuple(range(40)), 0, "q2a")
+    store.fill(ds)
+    store.fill(ds, unlabeled=True)
+    module = _tiny_module("vqa", world_clip_spec, teachers, store).eval()  # no dropout
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    batch = {"labeled": ds.collate(list(range(8))), "unlabeled": ds.collate(list(range(20, 32)))}
+    plain = module.training_step(batch, 0)
+    module.pseudo_labels = 2.5
+    with_pl = module.training_step(batch, 0)
+    view = unlabeled_view(batch["unlabeled"], module)
+    logits = module(_concat(batch["labeled"], view)).logits[8:]
+    want = F.cross_entropy(logits.float(), view.labels)
+    torch.testing.assert_close(with_pl - plain, 2.5 * want)
+    # the ground truth of the unlabelled rows is not read
+    scrambled = dataclasses.replace(
+        batch["unlabeled"],
+        labels=batch["unlabeled"].labels.flip(0),
+        answer_scores=batch["unlabeled"].answer_scores.flip(0),
+    )
+    again = module.training_step({**batch, "unlabeled": scrambled}, 0)
+    torch.testing.assert_close(again, with_pl)
 
 
 def test_distilling_on_unlabeled_inputs_runs_and_changes_the_result(tmp_path, world_clip_spec):

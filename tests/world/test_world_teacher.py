@@ -112,6 +112,42 @@ def test_pretraining_is_deterministic_and_writes_a_checksum(tmp_path):
     ]
 
 
+def test_pretraining_continues_from_checked_weights(tmp_path):
+    """``init``: a warm restart from a teacher file; the data stream resumes after its steps."""
+    from safetensors.torch import load_file
+
+    from mad_distill.data.world.pretrain import pretrain_batch, pretrain_teacher
+
+    kw = dict(batch_size=8, warmup=1, log_every=0, threads=1, precision="fp32")
+    base = tmp_path / "base.safetensors"
+    pretrain_teacher(base, steps=2, seed=5, **kw)
+    a = pretrain_teacher(tmp_path / "a.safetensors", steps=1, seed=5, init=base, lr=0.0, **kw)
+    # lr 0: the continued weights are the init's (the init was really loaded, not re-drawn)
+    w0, w1 = load_file(str(base)), load_file(str(tmp_path / "a.safetensors"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert a["args"]["step_offset"] == 2 and a["args"]["total_steps"] == 3
+    b = pretrain_teacher(tmp_path / "b.safetensors", steps=1, seed=5, init=base, **kw)
+    assert b["args"]["init"] == "base.safetensors" and b["sha256"] != a["sha256"]
+    # a continued file's recorded total is where the next continuation starts
+    c = pretrain_teacher(
+        tmp_path / "c.safetensors", steps=1, seed=5, init=tmp_path / "b.safetensors", **kw
+    )
+    assert c["args"]["step_offset"] == 3 and c["args"]["total_steps"] == 4
+    # the stream after the init's steps is new data
+    assert pretrain_batch(5, 2, 8)[1] != pretrain_batch(5, 0, 8)[1]
+    # a corrupt init is refused by name
+    bad = tmp_path / "bad.safetensors"
+    shutil.copy(base, bad)
+    shutil.copy(tmp_path / "base.json", tmp_path / "bad.json")
+    with open(bad, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        pretrain_teacher(tmp_path / "x.safetensors", steps=1, init=bad, **kw)
+    with pytest.raises(ValueError, match="step_offset"):
+        pretrain_teacher(tmp_path / "x.safetensors", steps=1, step_offset=-1, **kw)
+
+
 def test_pretraining_bad_arguments(tmp_path):
     from mad_distill.data.world.pretrain import build_parser, pretrain_teacher
 

@@ -129,6 +129,8 @@ def pretrain_teacher(
     log_every: int = 50,
     eval_n: int = 0,
     checkpoint_every: int = 0,
+    init: str | os.PathLike | None = None,
+    step_offset: int | None = None,
 ) -> dict:
     """Pretrain the world CLIP teacher and save it (safetensors) + a SHA-256 JSON beside it.
 
@@ -146,6 +148,11 @@ def pretrain_teacher(
         eval_n: if > 0, report zero-shot accuracy on ``eval_n`` test instances per task × domain.
         checkpoint_every: if > 0, also save ``<stem>.step<N>.safetensors`` every N steps (for
             watching a long run; the final file is what counts).
+        init: continue from these teacher weights (a file written by this function, SHA-256
+            checked against its JSON) instead of a fresh init: a warm restart with a fresh
+            optimiser and a new warm-up + cosine schedule over ``steps``.
+        step_offset: first step of the data stream (``None``: the ``init`` file's recorded
+            total steps, so a continued run sees new batches; 0 without ``init``).
 
     Returns:
         A summary dict (path, sha256, final loss, seconds, zero-shot accuracies if evaluated).
@@ -159,6 +166,10 @@ def pretrain_teacher(
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if precision not in ("fp16", "fp32"):
         raise ValueError(f"precision must be 'fp16' or 'fp32', got {precision!r}")
+    if step_offset is not None and (
+        isinstance(step_offset, bool) or not isinstance(step_offset, int) or step_offset < 0
+    ):
+        raise ValueError(f"step_offset must be an int >= 0, got {step_offset!r}")
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"out_path must end with .safetensors, got {out_path}")
@@ -167,6 +178,10 @@ def pretrain_teacher(
     torch.manual_seed(seed)
     name = register_model_config()
     model, _, _ = open_clip.create_model_and_transforms(name)
+    init_steps = 0
+    if init is not None:
+        init_steps = _load_init(model, Path(init))
+    offset = init_steps if step_offset is None else step_offset
     pp = model.visual.preprocess_cfg
     tokenizer = open_clip.get_tokenizer(name)
     size = (
@@ -186,7 +201,7 @@ def pretrain_teacher(
     t0 = time.time()
     loss_val = float("nan")
     for step in range(steps):
-        images, caps, foils, valid = pretrain_batch(seed, step, batch_size, size)
+        images, caps, foils, valid = pretrain_batch(seed, offset + step, batch_size, size)
         x = images_to_tensor(images, pp["mean"], pp["std"])
         tokens = tokenizer(caps + foils)
         img = model.encode_image(x, normalize=True)
@@ -233,6 +248,9 @@ def pretrain_teacher(
         "threads": threads,
         "precision": precision,
     }
+    if init is not None:
+        # what the weights are the product of: the init's own run, then this one
+        args.update(init=Path(init).name, step_offset=offset, total_steps=init_steps + steps)
     _atomic_save(state, out_path, _metadata(name, args))
     summary: dict = {
         "path": str(out_path),
@@ -248,6 +266,27 @@ def pretrain_teacher(
 
     write_checksum(out_path, summary)
     return summary
+
+
+def _load_init(model: torch.nn.Module, path: Path) -> int:
+    """Load checked teacher weights into ``model`` (fp32); returns their total training steps."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mad_distill.data.world.teacher import verify_weights
+
+    verify_weights(path)
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("mad_distill", "{}"))
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"init weights {path} do not fit {WORLD_CLIP_MODEL}: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    args = meta.get("args", {})
+    return int(args.get("total_steps", args.get("steps", 0)))
 
 
 def evaluate_zero_shot(
@@ -280,6 +319,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
     p.add_argument("--eval-n", type=int, default=500, help="test instances per task × domain")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="continue from these teacher weights (warm restart: fresh optimiser and schedule)",
+    )
+    p.add_argument(
+        "--step-offset",
+        type=int,
+        default=None,
+        help="first step of the data stream (default: the --init file's total steps, else 0)",
+    )
     return p
 
 
@@ -295,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads,
         precision=args.precision,
         eval_n=args.eval_n,
+        init=args.init,
+        step_offset=args.step_offset,
     )
     print(json.dumps(summary, indent=2))
     return 0
