@@ -841,6 +841,7 @@ def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
         checksum_path,
         sha256_file,
     )
+    from mad_distill.teachers.factory import parse_teacher_spec
 
     opts = train_options(bench_train)
     files = {"teacher": None, "student": None}
@@ -854,7 +855,8 @@ def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
             opts[f"{role}_sha256"] = json.loads(Path(path).read_text())["sha256"]
     if opts["teacher"].startswith("open_clip:"):
         # a weights file named by path: its content, not its name, decides a run's result
-        weights = Path(opts["teacher"].partition("@")[2])
+        parsed = parse_teacher_spec(opts["teacher"])
+        weights = Path(parsed.pretrained or "").expanduser()  # as the teacher loader reads it
         if weights.is_file():
             opts["teacher_sha256"] = sha256_file(weights)
     return opts

@@ -271,14 +271,13 @@ def pretrain_teacher(
 def _load_init(model: torch.nn.Module, path: Path) -> int:
     """Load checked teacher weights into ``model`` (fp32); returns their total training steps."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     from mad_distill.data.world.teacher import verify_weights
 
     verify_weights(path)
     with safe_open(str(path), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("mad_distill", "{}"))
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
+        state = {k: f.get_tensor(k).float() for k in f.keys()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
