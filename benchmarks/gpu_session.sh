@@ -6,7 +6,8 @@
 # 1. benchmarks/kernels.py: token_kl / fused_linear_token_kl vs eager, torch.compile, Liger-Kernel
 # 2. tests/ops on CUDA (hypothesis against the references), the CUDA teacher test and the
 #    no-host-sync test of a MAD step
-# 3. benchmarks/training_overhead.py on CUDA (plain vs MAD live vs MAD cache)
+# 3. benchmarks/training_overhead.py on CUDA (plain vs MAD live vs MAD cache; --profile: the
+#    ops and kernel launches of each mode's step)
 # Wheels found in .whl/ (liger-kernel, open_clip_torch, ftfy, wcwidth: see benchmarks/README.md)
 # are installed with --no-deps into /tmp/site first, for a machine with no package registry.
 # Each step has its own time limit (env T_KERNELS, T_TESTS, T_OVERHEAD, seconds) and writes its
@@ -40,6 +41,6 @@ echo "tests exit ${PIPESTATUS[0]}" | tee -a "$OUT_DIR/gpu-session.log"
 
 echo "== training overhead on CUDA" | tee -a "$OUT_DIR/gpu-session.log"
 timeout "${T_OVERHEAD:-60}" python3 benchmarks/training_overhead.py --device cuda \
-  --steps 5 --repeats 3 --batch-builtin 64 --batch-vilt 8 --out "$OUT_DIR" 2>&1 \
+  --steps 5 --repeats 3 --batch-builtin 64 --batch-vilt 8 --profile 15 --out "$OUT_DIR" 2>&1 \
   | tee "$OUT_DIR/overhead.log" | tail -25
 echo "overhead exit ${PIPESTATUS[0]}" | tee -a "$OUT_DIR/gpu-session.log"

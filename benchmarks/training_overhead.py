@@ -303,6 +303,47 @@ def time_modes(kind: str, args: argparse.Namespace, device: torch.device) -> dic
     return out
 
 
+def profile_modes(kind: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Where a step's host time goes, per mode: ``torch.profiler`` over ``args.steps`` steps
+    after warm-up, the ``args.profile`` ops with the most self CPU time. A launch-bound step
+    costs what its host side costs, so this, not GPU time, says what to cut."""
+    from torch.profiler import ProfilerActivity, profile
+
+    setup = _setup(kind, args.batch[kind], args.steps)
+    tmp = Path(tempfile.mkdtemp(prefix=f"mad-prof-{kind}-"))
+    batches = [_move(b, device) for b in setup["batches"]]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        module, opt = _build_mode(setup, mode, tmp / "cache")
+        module.to(device)
+        for b in batches[: max(args.warmup, 1)]:
+            _train_step(module, opt, b)
+        _sync(device)
+        with profile(activities=activities) as prof:
+            for b in batches:
+                _train_step(module, opt, b)
+            _sync(device)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        steps = len(batches)
+        out[mode] = {
+            "self_cpu_ms_per_step": sum(e.self_cpu_time_total for e in events) / 1e3 / steps,
+            "launches_per_step": sum(
+                e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel")
+            )
+            / steps,
+            "top": [
+                {
+                    "op": e.key,
+                    "calls_per_step": e.count / steps,
+                    "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                }
+                for e in events[: args.profile]
+            ],
+        }
+    return out
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
@@ -498,6 +539,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="TOP",
+        help="also profile each mode's steps and record the TOP ops by self CPU time",
+    )  # fmt: skip
     p.add_argument("--_memory", nargs=2, metavar=("STUDENT", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.batch = {"builtin": args.batch_builtin, "vilt": args.batch_vilt}
@@ -546,6 +591,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             print(f"{kind} host syncs per step: {json.dumps(entry['sync_points'])}", flush=True)
         if not args.no_memory:
             entry["memory"] = memory_modes(kind, args, device)
+        if args.profile:
+            entry["profile"] = profile_modes(kind, args, device)
+            for mode, prof in entry["profile"].items():
+                print(
+                    f"{kind} {mode}: {prof['self_cpu_ms_per_step']:.1f} ms host time per step, "
+                    f"{prof['launches_per_step']:.0f} kernel launches; top: "
+                    + ", ".join(
+                        f"{t['op']} {t['self_cpu_ms_per_step']:.2f} ms" for t in prof["top"][:8]
+                    ),
+                    flush=True,
+                )
         result["students"][kind] = entry
         t = entry["time"]
         print(
