@@ -11,8 +11,13 @@ AugMix on both rows (``world_augment_seeds``) and the same distilling the 6000-s
 fully supervised student (``world_100pct_seeds``, else seed 0 of ``world_100pct``) for scale; the
 100 % rows compare MAD with the baseline against the issue's "baseline − 1".
 
+``--probe GRID``: each distilling method of a probe grid (its cells only) against the best of
+the status baselines and the grid's own ``baseline*`` methods (e.g. a baseline trained for as
+many steps as the probe's methods), with the same +5 / 3-seed rule.
+
     python benchmarks/compare_world.py            # defaults: the committed results
     python benchmarks/compare_world.py --status
+    python benchmarks/compare_world.py --probe benchmarks/results/world_probe_kl/table.json
 """
 
 from __future__ import annotations
@@ -139,6 +144,38 @@ def status(
     return lines, met
 
 
+def probe(probe_grid: Cells, baselines: list[tuple[str, Cells, str]]) -> tuple[list[str], dict]:
+    """A probe grid's methods against the best baseline per cell (Markdown lines and
+    ``{method: [cells met, cells]}``). ``baselines``: ``(name, cells, method)`` read besides the
+    probe's own methods named ``baseline*``."""
+    own = sorted({k[3] for k in probe_grid if k[3].startswith("baseline")})
+    methods = sorted({k[3] for k in probe_grid} - set(own))
+    sources = baselines + [(f"{m} (this grid)", probe_grid, m) for m in own]
+    head = ["task", "fraction", "test domain", "best baseline", "which"] + methods
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    met = {m: [0, 0] for m in methods}
+    for task, frac, dom in _order({k[:3] for k in probe_grid}):
+        base = [
+            (name, table[(task, frac, dom, m)])
+            for name, table, m in sources
+            if (task, frac, dom, m) in table
+        ]
+        which, best = max(base, key=lambda nb: nb[1][0])
+        cells = [_NAMES[task], f"{frac * 100:g} %", dom, _fmt(best), which]
+        for m in methods:
+            out = probe_grid.get((task, frac, dom, m))
+            if out is None:
+                cells.append("–")
+                continue
+            delta = out[0] - best[0]
+            ok = delta >= LOWSHOT_GAIN and min(out[2], best[2]) >= 3
+            met[m][0] += ok
+            met[m][1] += 1
+            cells.append(f"{_fmt(out)} (**{delta:+.1f}**{' ✓' if ok else ''})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, met
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--default-steps", type=Path, default=_ROOT / "world" / "table.json")
@@ -163,8 +200,21 @@ def main(argv: list[str] | None = None) -> int:
         default=_ROOT / "world_teacher6000" / "table.json",
         help="the grid with the 6000-step teacher (a column if the file exists)",
     )
+    p.add_argument("--probe", type=Path, help="a probe grid's table.json (see above)")
     args = p.parse_args(argv)
     short, grid = _cells(args.default_steps), _cells(args.grid)
+    if args.probe is not None:
+        baselines = [
+            ("default steps", short, "baseline"),
+            ("600 steps", grid, "baseline"),
+            ("AugMix", _cells(args.augmented), "baseline-augmix"),
+        ]
+        lines, met = probe(_cells(args.probe), baselines)
+        print("\n".join(lines))
+        print()
+        for name, (ok, n) in met.items():
+            print(f"- {name}: {ok} of {n} cells meet the target (mean of >= 3 seeds)")
+        return 0
     if not args.status:
         print("\n".join(compare(short, grid, args.methods, args.method)))
         return 0

@@ -116,6 +116,37 @@ def test_status_takes_the_best_baseline_and_needs_three_seeds(cw, tmp_path, caps
     assert "| 67.5 ± 1.0 |" in vqa and "**+5.5** ✓" in vqa
 
 
+def test_probe_reads_its_own_baselines_too(cw, tmp_path, capsys):
+    aug = _table(tmp_path / "a.json", [("vqa", 0.01, "flat", "baseline-augmix", 61.0, 3)])
+    short = _table(tmp_path / "s.json", [("vqa", 0.01, "flat", "baseline", 60.0, 3)])
+    grid = _table(tmp_path / "g.json", [("vqa", 0.01, "flat", "baseline", 59.0, 3)])
+    probe = _table(
+        tmp_path / "p.json",
+        [
+            # the probe's own longer baseline is the best one in the 5 % cell only
+            ("vqa", 0.01, "flat", "baseline-long", 58.0, 3),
+            ("vqa", 0.01, "flat", "KL", 66.5, 3),
+            ("vqa", 0.01, "flat", "KL-feat", 65.0, 3),
+            ("vqa", 0.05, "flat", "baseline-long", 64.0, 3),
+            ("vqa", 0.05, "flat", "KL", 69.5, 2),
+        ],
+    )
+    baselines = [("AugMix", cw._cells(aug), "baseline-augmix")]
+    lines, met = cw.probe(cw._cells(probe), baselines)
+    assert lines[0] == "| task | fraction | test domain | best baseline | which | KL | KL-feat |"
+    assert met == {"KL": [1, 2], "KL-feat": [0, 1]}
+    one = next(line for line in lines if line.startswith("| VQA | 1 %"))
+    assert "| 61.0 ± 1.0 | AugMix |" in one and "66.5 ± 1.0 (**+5.5** ✓)" in one
+    five = next(line for line in lines if line.startswith("| VQA | 5 %"))
+    assert "baseline-long (this grid)" in five and "(n=2) (**+5.5**)" in five and "| – |" in five
+    argv = ["--default-steps", str(short), "--grid", str(grid), "--augmented", str(aug)]
+    assert cw.main(argv + ["--probe", str(probe)]) == 0
+    out = capsys.readouterr().out
+    assert "- KL: 1 of 2 cells meet the target" in out
+    # the status baselines count too: the 600-step one is not the best here, 60.0 / 61.0 are
+    assert "| 61.0 ± 1.0 | AugMix |" in out
+
+
 def test_committed_results_print(cw, capsys):
     assert cw.main([]) == 0
     assert capsys.readouterr().out.startswith("| task | fraction |")
