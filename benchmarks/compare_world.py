@@ -80,6 +80,23 @@ def compare(short: Cells, grid: Cells, methods: list[str], method: str) -> list[
     return lines
 
 
+def status_baselines(short: Cells, grid: Cells, augmented: Cells) -> list[tuple[str, Cells, str]]:
+    """The three baselines of the target table as ``(name, cells, method)``."""
+    return [
+        ("default steps", short, "baseline"),
+        ("600 steps", grid, "baseline"),
+        ("AugMix", augmented, "baseline-augmix"),
+    ]
+
+
+def _met(
+    out: tuple[float, float, int], ref: tuple[float, float, int], bar: float
+) -> tuple[float, bool]:
+    """``out``'s mean minus ``ref``'s, and whether it clears ``bar`` on at least 3 seeds each."""
+    delta = out[0] - ref[0]
+    return delta, delta >= bar and min(out[2], ref[2]) >= 3
+
+
 def status(
     short: Cells, grid: Cells, augmented: Cells, full: Cells, stronger: Cells | None = None
 ) -> tuple[list[str], dict]:
@@ -92,11 +109,7 @@ def status(
     best baseline's; a 100 % cell when MAD's mean is at least ``baseline + FULL_LOSS``. A mean
     over fewer than 3 seeds is shown with its ``n`` and never counts as met.
     """
-    baselines = [
-        ("default steps", short, "baseline"),
-        ("600 steps", grid, "baseline"),
-        ("AugMix", augmented, "baseline-augmix"),
-    ]
+    baselines = status_baselines(short, grid, augmented)
     methods = [("MAD-U", grid, "MAD-U"), ("MAD-U + AugMix", augmented, "MAD-U-augmix-all")]
     if stronger:
         methods.append((STRONGER, stronger, "MAD-U-augmix-all"))
@@ -118,9 +131,7 @@ def status(
             if out is None:
                 cells.append("–")
                 continue
-            delta = out[0] - best[0]
-            seeds = min(out[2], best[2])
-            ok = delta >= LOWSHOT_GAIN and seeds >= 3
+            delta, ok = _met(out, best, LOWSHOT_GAIN)
             met[name][0] += ok
             met[name][1] += 1
             cells.append(f"**{delta:+.1f}**" + (" ✓" if ok else ""))
@@ -133,8 +144,7 @@ def status(
         met["MAD at 100 %"] = [0, 0]
         for task, frac, dom in full_rows:
             b, m = full[(task, frac, dom, "baseline")], full[(task, frac, dom, "MAD")]
-            delta = m[0] - b[0]
-            ok = delta >= FULL_LOSS and min(m[2], b[2]) >= 3
+            delta, ok = _met(m, b, FULL_LOSS)
             met["MAD at 100 %"][0] += ok
             met["MAD at 100 %"][1] += 1
             lines.append(
@@ -167,13 +177,19 @@ def probe(probe_grid: Cells, baselines: list[tuple[str, Cells, str]]) -> tuple[l
             if out is None:
                 cells.append("–")
                 continue
-            delta = out[0] - best[0]
-            ok = delta >= LOWSHOT_GAIN and min(out[2], best[2]) >= 3
+            delta, ok = _met(out, best, LOWSHOT_GAIN)
             met[m][0] += ok
             met[m][1] += 1
             cells.append(f"{_fmt(out)} (**{delta:+.1f}**{' ✓' if ok else ''})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines, met
+
+
+def _print_table(lines: list[str], met: dict) -> None:
+    print("\n".join(lines))
+    print()
+    for name, (ok, n) in met.items():
+        print(f"- {name}: {ok} of {n} cells meet the target (mean of >= 3 seeds)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,16 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     short, grid = _cells(args.default_steps), _cells(args.grid)
     if args.probe is not None:
-        baselines = [
-            ("default steps", short, "baseline"),
-            ("600 steps", grid, "baseline"),
-            ("AugMix", _cells(args.augmented), "baseline-augmix"),
-        ]
-        lines, met = probe(_cells(args.probe), baselines)
-        print("\n".join(lines))
-        print()
-        for name, (ok, n) in met.items():
-            print(f"- {name}: {ok} of {n} cells meet the target (mean of >= 3 seeds)")
+        baselines = status_baselines(short, grid, _cells(args.augmented))
+        _print_table(*probe(_cells(args.probe), baselines))
         return 0
     if not args.status:
         print("\n".join(compare(short, grid, args.methods, args.method)))
@@ -222,11 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in reversed(args.full):
         full.update(_cells(path))
     stronger = _cells(args.stronger) if args.stronger.is_file() else None
-    lines, met = status(short, grid, _cells(args.augmented), full, stronger)
-    print("\n".join(lines))
-    print()
-    for name, (ok, n) in met.items():
-        print(f"- {name}: {ok} of {n} cells meet the target (mean of >= 3 seeds)")
+    _print_table(*status(short, grid, _cells(args.augmented), full, stronger))
     return 0
 
 
