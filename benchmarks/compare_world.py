@@ -97,6 +97,16 @@ def _met(
     return delta, delta >= bar and min(out[2], ref[2]) >= 3
 
 
+def _tally(
+    met: dict, name: str, out: tuple[float, float, int], best: tuple[float, float, int]
+) -> str:
+    """Count a low-shot cell of ``name`` in ``met`` and return its gain as Markdown."""
+    delta, ok = _met(out, best, LOWSHOT_GAIN)
+    met[name][0] += ok
+    met[name][1] += 1
+    return f"**{delta:+.1f}**" + (" ✓" if ok else "")
+
+
 def status(
     short: Cells, grid: Cells, augmented: Cells, full: Cells, stronger: Cells | None = None
 ) -> tuple[list[str], dict]:
@@ -128,13 +138,7 @@ def status(
         outs = [table.get((task, frac, dom, m)) for _, table, m in methods]
         cells += [_fmt(o) for o in outs]
         for (name, _, _), out in zip(methods, outs):
-            if out is None:
-                cells.append("–")
-                continue
-            delta, ok = _met(out, best, LOWSHOT_GAIN)
-            met[name][0] += ok
-            met[name][1] += 1
-            cells.append(f"**{delta:+.1f}**" + (" ✓" if ok else ""))
+            cells.append("–" if out is None else _tally(met, name, out, best))
         cells.append(_fmt(full.get((task, 1.0, dom, "baseline"))))
         lines.append("| " + " | ".join(cells) + " |")
     full_rows = _order({k[:3] for k in full if (k[:3] + ("MAD",)) in full})
@@ -174,13 +178,7 @@ def probe(probe_grid: Cells, baselines: list[tuple[str, Cells, str]]) -> tuple[l
         cells = [_NAMES[task], f"{frac * 100:g} %", dom, _fmt(best), which]
         for m in methods:
             out = probe_grid.get((task, frac, dom, m))
-            if out is None:
-                cells.append("–")
-                continue
-            delta, ok = _met(out, best, LOWSHOT_GAIN)
-            met[m][0] += ok
-            met[m][1] += 1
-            cells.append(f"{_fmt(out)} (**{delta:+.1f}**{' ✓' if ok else ''})")
+            cells.append("–" if out is None else f"{_fmt(out)} ({_tally(met, m, out, best)})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines, met
 
