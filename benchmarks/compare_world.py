@@ -89,19 +89,17 @@ def status_baselines(short: Cells, grid: Cells, augmented: Cells) -> list[tuple[
     ]
 
 
-def _met(
-    out: tuple[float, float, int], ref: tuple[float, float, int], bar: float
-) -> tuple[float, bool]:
-    """``out``'s mean minus ``ref``'s, and whether it clears ``bar`` on at least 3 seeds each."""
-    delta = out[0] - ref[0]
-    return delta, delta >= bar and min(out[2], ref[2]) >= 3
-
-
 def _tally(
-    met: dict, name: str, out: tuple[float, float, int], best: tuple[float, float, int]
+    met: dict,
+    name: str,
+    out: tuple[float, float, int],
+    ref: tuple[float, float, int],
+    bar: float = LOWSHOT_GAIN,
 ) -> str:
-    """Count a low-shot cell of ``name`` in ``met`` and return its gain as Markdown."""
-    delta, ok = _met(out, best, LOWSHOT_GAIN)
+    """Count a cell of ``name`` in ``met`` (met when ``out``'s mean is at least ``bar`` above
+    ``ref``'s, on at least 3 seeds each) and return the difference as Markdown."""
+    delta = out[0] - ref[0]
+    ok = delta >= bar and min(out[2], ref[2]) >= 3
     met[name][0] += ok
     met[name][1] += 1
     return f"**{delta:+.1f}**" + (" ✓" if ok else "")
@@ -148,12 +146,9 @@ def status(
         met["MAD at 100 %"] = [0, 0]
         for task, frac, dom in full_rows:
             b, m = full[(task, frac, dom, "baseline")], full[(task, frac, dom, "MAD")]
-            delta, ok = _met(m, b, FULL_LOSS)
-            met["MAD at 100 %"][0] += ok
-            met["MAD at 100 %"][1] += 1
+            gain = _tally(met, "MAD at 100 %", m, b, FULL_LOSS)
             lines.append(
-                f"| {_NAMES[task]} | {frac * 100:g} % | {dom} | {_fmt(b)} | {_fmt(m)} | "
-                f"**{delta:+.1f}**{' ✓' if ok else ''} |"
+                f"| {_NAMES[task]} | {frac * 100:g} % | {dom} | {_fmt(b)} | {_fmt(m)} | {gain} |"
             )
     return lines, met
 
