@@ -15,17 +15,7 @@
 set -u -o pipefail
 OUT_DIR=${1:-benchmarks/results}
 mkdir -p "$OUT_DIR"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-{
-  date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
-} 2>&1 | tee "$OUT_DIR/gpu-session.log"
+source benchmarks/gpu_env.sh "$OUT_DIR/gpu-session.log"
 
 echo "== kernels benchmark" | tee -a "$OUT_DIR/gpu-session.log"
 timeout "${T_KERNELS:-300}" python3 benchmarks/kernels.py --out "$OUT_DIR" 2>&1 \

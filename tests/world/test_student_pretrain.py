@@ -53,6 +53,27 @@ def test_pretraining_is_deterministic(tiny_student, tmp_path):
     assert again["final"] == summary["final"]
 
 
+def test_render_workers_do_not_change_the_weights(tiny_student, tmp_path):
+    """Batches rendered ahead by loader workers are the in-loop stream, and the loader leaves
+    the global (dropout) RNG alone: same tensors, bit for bit."""
+    from safetensors.torch import load_file
+
+    path, summary = tiny_student
+    ahead = pretrain_student(tmp_path / "ahead.safetensors", workers=2, **TINY)
+    ref, got = load_file(str(path)), load_file(str(tmp_path / "ahead.safetensors"))
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert ahead["final"] == summary["final"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pretraining_on_cuda(tmp_path):
+    summary = pretrain_student(tmp_path / "cuda.safetensors", device="cuda", workers=2, **TINY)
+    state, config, _ = load_pretrained_student(tmp_path / "cuda.safetensors")
+    assert summary["args"]["device"] == "cuda" and config["dim"] == 16
+    assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in state.values())
+
+
 def test_corrupt_or_missing_checkpoint_is_named(tiny_student, tmp_path):
     path, _ = tiny_student
     bad = tmp_path / "bad.safetensors"

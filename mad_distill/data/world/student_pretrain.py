@@ -125,6 +125,32 @@ def _itm_texts(
     return texts, torch.tensor(labels)
 
 
+class _PretrainStream(torch.utils.data.Dataset):
+    """Step ``i``'s ``(images [B, 64, 64, 3] uint8, ITM texts, match [B])``: a map-style
+    dataset so that DataLoader workers render steps ahead in order."""
+
+    def __init__(
+        self, seed: int, batch_size: int, domains: tuple[str, ...], foil_frac: float
+    ) -> None:
+        self.seed, self.batch_size, self.domains, self.foil_frac = (
+            seed,
+            batch_size,
+            domains,
+            foil_frac,
+        )
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        images, caps, foils, valid = pretrain_batch(
+            self.seed, step, self.batch_size, 64, self.domains
+        )
+        rng = np.random.default_rng([11, self.seed, step])
+        texts, match = _itm_texts(caps, foils, valid, rng, self.foil_frac)
+        return torch.from_numpy(images), texts, match
+
+
 def pretrain_student(
     out_path: str | os.PathLike,
     steps: int = 4000,
@@ -143,6 +169,8 @@ def pretrain_student(
     mlm_weight: float = 0.1,
     threads: int | None = 1,
     log_every: int = 100,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Pretrain the built-in student with ITM + MLM and save it (see the module docstring).
 
@@ -159,13 +187,20 @@ def pretrain_student(
         mlm_weight: weight of the MLM loss (ITM has weight 1).
         threads: ``torch.set_num_threads`` (None: leave as is).
         log_every: print the losses every this many steps (0: silent).
+        device: where the student trains (``"cuda"`` on a GPU machine; the data is made on CPU).
+        workers: processes that render the batches ahead (0: in the training loop). The stream
+            is a function of ``(seed, step)``, so the result does not depend on it.
 
     Returns:
         A summary dict (sha256, final ITM accuracy / MLM accuracy over the last 50 steps, seconds).
     """
     from mad_distill.data.world.teacher import sha256_file, write_checksum
 
-    for name, v, lo in (("steps", steps, 1), ("batch_size", batch_size, 4)):
+    for name, v, lo in (
+        ("steps", steps, 1),
+        ("batch_size", batch_size, 4),
+        ("workers", workers, 0),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     if not 0 < mlm_prob < 1:
@@ -189,8 +224,9 @@ def pretrain_student(
         "max_text_len": 64,
     }
     torch.manual_seed(seed)
-    student = BuiltinVLStudent(len(tok), num_classes=2, dropout=0.1, **config)
-    heads_ = _PretrainHeads(dim, len(tok))
+    device = torch.device(device)
+    student = BuiltinVLStudent(len(tok), num_classes=2, dropout=0.1, **config).to(device)
+    heads_ = _PretrainHeads(dim, len(tok)).to(device)
     params = list(student.named_parameters()) + list(heads_.named_parameters())
     opt = torch.optim.AdamW(decay_param_groups(params, weight_decay), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, steps))
@@ -199,15 +235,23 @@ def pretrain_student(
     heads_.train()
     t0 = time.time()
     hist: list[tuple[float, float, float]] = []
-    for step in range(steps):
-        images, caps, foils, valid = pretrain_batch(seed, step, batch_size, 64, domains)
-        rng = np.random.default_rng([11, seed, step])
-        texts, match = _itm_texts(caps, foils, valid, rng, foil_frac)
+    stream = _PretrainStream(seed, batch_size, domains, foil_frac)
+    # its own generator: the loader's base-seed draw must not move the global (dropout) stream
+    batches = torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    for step, (images, texts, match) in zip(range(steps), batches):
         enc = tok(texts)
+        # masking draws from one generator in step order, in this process
         ids, target = _mask_words(enc["input_ids"], enc["word_ids"], tok, mlm_prob, gen)
         target[match == 0] = -100  # MLM on true pairs only (ViLT)
-        x = normalize_images(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
-        _, last, _ = student._encode(x, ids, enc["attention_mask"])
+        x = normalize_images(images.to(device).permute(0, 3, 1, 2).float() / 255.0)
+        ids, target, match = ids.to(device), target.to(device), match.to(device)
+        _, last, _ = student._encode(x, ids, enc["attention_mask"].to(device))
         pooled = student.pooler(last[:, 0])
         itm_logits = heads_.itm(pooled)
         itm = F.cross_entropy(itm_logits, match)
@@ -233,7 +277,7 @@ def pretrain_student(
             )
     student.eval()
     state = {
-        k: v.detach().float().contiguous()
+        k: v.detach().float().cpu().contiguous()
         for k, v in student.state_dict().items()
         if not k.startswith("head.")
     }
@@ -250,6 +294,7 @@ def pretrain_student(
         "mlm_weight": mlm_weight,
         "patch_size": patch_size,
         "threads": threads,
+        "device": device.type,
     }
     _atomic_save(state, out_path, _metadata(WORLD_STUDENT_MODEL, args))
     tail = np.array(hist[-50:])
@@ -312,6 +357,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--mlm-weight", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=0, help="processes that render batches ahead")
     return p
 
 
@@ -331,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mlm_weight=args.mlm_weight,
         lr=args.lr,
         threads=args.threads,
+        device=args.device,
+        workers=args.workers,
     )
     summary.pop("vocab")
     print(json.dumps(summary, indent=2))
