@@ -32,6 +32,8 @@ _NAMES = {"vqa": "VQA", "snli_ve": "SNLI-VE", "vcr": "VCR Q→A"}
 LOWSHOT_GAIN, FULL_LOSS = 5.0, -1.0
 #: the column of the grid that distils the 6000-step teacher
 STRONGER = "MAD-U + AugMix, 6000-step teacher"
+#: shown where a cell has no baseline to read a method against (it is then not counted)
+_NO_REF = "no baseline"
 
 Cells = dict[tuple[str, float, str, str], tuple[float, float, int]]
 
@@ -131,12 +133,16 @@ def status(
     low = {k[:3] for k in grid} | {k[:3] for k in augmented}
     for task, frac, dom in _order(low):
         base = [table.get((task, frac, dom, m)) for _, table, m in baselines]
-        best = max((b for b in base if b is not None), key=lambda b: b[0])
+        best = max((b for b in base if b is not None), key=lambda b: b[0], default=None)
         cells = [_NAMES[task], f"{frac * 100:g} %", dom] + [_fmt(b) for b in base]
         outs = [table.get((task, frac, dom, m)) for _, table, m in methods]
         cells += [_fmt(o) for o in outs]
         for (name, _, _), out in zip(methods, outs):
-            cells.append("–" if out is None else _tally(met, name, out, best))
+            # a cell no baseline ran in cannot be judged: shown, never counted
+            if out is None or best is None:
+                cells.append("–" if out is None else _NO_REF)
+            else:
+                cells.append(_tally(met, name, out, best))
         cells.append(_fmt(full.get((task, 1.0, dom, "baseline"))))
         lines.append("| " + " | ".join(cells) + " |")
     full_rows = _order({k[:3] for k in full if (k[:3] + ("MAD",)) in full})
@@ -169,11 +175,14 @@ def probe(probe_grid: Cells, baselines: list[tuple[str, Cells, str]]) -> tuple[l
             for name, table, m in sources
             if (task, frac, dom, m) in table
         ]
-        which, best = max(base, key=lambda nb: nb[1][0])
+        which, best = max(base, key=lambda nb: nb[1][0], default=(_NO_REF, None))
         cells = [_NAMES[task], f"{frac * 100:g} %", dom, _fmt(best), which]
         for m in methods:
             out = probe_grid.get((task, frac, dom, m))
-            cells.append("–" if out is None else f"{_fmt(out)} ({_tally(met, m, out, best)})")
+            if out is None or best is None:
+                cells.append(_fmt(out))
+            else:
+                cells.append(f"{_fmt(out)} ({_tally(met, m, out, best)})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines, met
 

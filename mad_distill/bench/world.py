@@ -191,12 +191,21 @@ METHOD_OPTIONS: dict[str, Any] = {
     # weight of the task loss on the unlabelled rows with the teacher's zero-shot answer as a
     # hard label (Noisy Student / FixMatch-style pseudo-labels; 0: off; needs unlabeled > 0)
     "pseudo_labels": 0.0,
+    # the student layer whose tokens MAD distils (None: train.tap_layer)
+    "tap_layer": None,
+    # bench task -> overrides of this method's fields for that task's runs, merged key by key
+    # (nested dicts too), e.g. {vqa: {feat: {weight: 0.0}}, vcr: {tap_layer: 0}}
+    "per_task": {},
 }
 
 
 def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The runner's own options of a bench method (:data:`METHOD_OPTIONS`), checked."""
     opts = {k: (method_cfg or {}).get(k, v) for k, v in METHOD_OPTIONS.items()}
+    _check_per_task(opts["per_task"])
+    tap = opts["tap_layer"]
+    if tap is not None and (isinstance(tap, bool) or not isinstance(tap, int)):
+        raise ValueError(f"tap_layer must be a layer index (int) or null, got {tap!r}")
     u = opts["unlabeled"]
     if isinstance(u, bool) or not isinstance(u, (int, float)) or not 0 <= u <= 1:
         raise ValueError(
@@ -227,6 +236,34 @@ def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"distill: false (no teacher) takes no {bad}")
     opts["augment"] = check_augment(opts["augment"], u)
     return opts
+
+
+def _check_per_task(per_task: Any) -> None:
+    if not isinstance(per_task, Mapping):
+        raise TypeError(
+            "per_task must map bench tasks to overrides, e.g. {vqa: {feat: {weight: 0.0}}}, "
+            f"got {type(per_task).__name__}"
+        )
+    for task, over in per_task.items():
+        try:
+            check_task(task)
+        except ValueError as err:
+            raise ValueError(f"per_task: {err}") from None
+        if not isinstance(over, Mapping):
+            raise TypeError(
+                f"per_task.{task} must be a mapping of method fields, got {type(over).__name__}"
+            )
+        if "per_task" in over:
+            raise ValueError(f"per_task.{task} cannot hold another per_task")
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``over``, recursing into keys that are mappings in both."""
+    out = dict(base)
+    for k, v in over.items():
+        both = isinstance(out.get(k), Mapping) and isinstance(v, Mapping)
+        out[k] = _merge(out[k], v) if both else v
+    return out
 
 
 def mad_config_for(
@@ -899,6 +936,8 @@ def run_world(run, bench) -> dict:
         for d in bench.test_domains
     ]
     n_cls = num_classes(world_task)
+    method_options(method_cfg)  # names a bad per_task before it is applied
+    method_cfg = resolve_method(method_cfg, run.task)
     method_opts = method_options(method_cfg)
     unlabeled = method_opts["unlabeled"]
     mad = teachers = store = None
@@ -928,7 +967,9 @@ def run_world(run, bench) -> dict:
         depth=opts["depth"],
         heads=opts["heads"],
         patch_size=opts["patch_size"],
-        tap_layer=opts["tap_layer"],
+        tap_layer=opts["tap_layer"]
+        if method_opts["tap_layer"] is None
+        else method_opts["tap_layer"],
         dropout=opts["dropout"],
         lr=opts["lr"],
         weight_decay=opts["weight_decay"],
@@ -990,9 +1031,16 @@ def run_world(run, bench) -> dict:
 
 
 def resolve_method(method_cfg: Mapping[str, Any] | None, task: str) -> Any:
-    """The part of a bench method that applies to ``task``, for the harness' fingerprints:
-    ``class_groups`` reduced to the task's entry (dropped when it has none), so giving one task
-    class groups does not rerun the others."""
+    """The part of a bench method that applies to ``task`` (what its runs use, and what the
+    harness fingerprints): ``per_task[task]`` merged in (``per_task`` dropped), and
+    ``class_groups`` reduced to the task's entry (dropped when it has none), so a setting for
+    one task does not rerun the others."""
+    if isinstance(method_cfg, Mapping) and "per_task" in method_cfg:
+        per_task = method_cfg["per_task"]
+        if not isinstance(per_task, Mapping) or not isinstance(per_task.get(task, {}), Mapping):
+            return method_cfg  # invalid: kept, the run itself reports it
+        rest = {k: v for k, v in method_cfg.items() if k != "per_task"}
+        method_cfg = _merge(rest, per_task.get(task, {}))
     if not isinstance(method_cfg, Mapping) or "class_groups" not in method_cfg:
         return method_cfg
     out = {k: v for k, v in method_cfg.items() if k != "class_groups"}

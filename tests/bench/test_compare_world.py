@@ -147,6 +147,24 @@ def test_probe_reads_its_own_baselines_too(cw, tmp_path, capsys):
     assert "| 61.0 ± 1.0 | AugMix |" in out
 
 
+def test_a_cell_without_a_baseline_is_shown_not_counted(cw, tmp_path):
+    aug = _table(tmp_path / "a.json", [("vqa", 0.01, "flat", "baseline-augmix", 61.0, 3)])
+    probe = _table(
+        tmp_path / "p.json",
+        [("vqa", 0.01, "flat", "KL", 66.5, 3), ("vqa", 0.1, "flat", "KL", 70.0, 3)],
+    )
+    lines, met = cw.probe(cw._cells(probe), [("AugMix", cw._cells(aug), "baseline-augmix")])
+    assert met == {"KL": [1, 1]}
+    ten = next(line for line in lines if line.startswith("| VQA | 10 %"))
+    assert ten == "| VQA | 10 % | flat | – | no baseline | 70.0 ± 1.0 |"
+    empty = cw._cells(_table(tmp_path / "e.json", []))
+    grid = cw._cells(_table(tmp_path / "g.json", [("vcr", 0.05, "flat", "MAD-U", 74.0, 3)]))
+    lines, met = cw.status(empty, grid, empty, empty)
+    assert met == {"MAD-U": [0, 0], "MAD-U + AugMix": [0, 0]}
+    vcr = next(line for line in lines if line.startswith("| VCR Q→A | 5 %"))
+    assert "| 74.0 ± 1.0 |" in vcr and "| no baseline |" in vcr
+
+
 def test_committed_results_print(cw, capsys):
     assert cw.main([]) == 0
     assert capsys.readouterr().out.startswith("| task | fraction |")

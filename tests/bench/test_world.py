@@ -274,6 +274,8 @@ def test_method_options_are_checked_and_kept_out_of_the_mad_config():
         "augment": None,
         "distill": True,
         "pseudo_labels": 0.0,
+        "tap_layer": None,
+        "per_task": {},
     }
     assert method_options({"unlabeled": 0.2, "select": {"ratio": 0.3}})["unlabeled"] == 0.2
     for bad in (-1.0, float("inf"), float("nan"), True, "1"):
@@ -331,6 +333,80 @@ def test_class_groups_apply_to_their_task_only():
         a = harness.run_fingerprint(run, bench, None, resolve_method)
         b = harness.run_fingerprint(run, grouped, None, resolve_method)
         assert (a == b) is same
+
+
+def test_per_task_overrides_merge_into_their_task_only():
+    from mad_distill.bench.world import method_options, resolve_method
+
+    method = {
+        "select": {"ratio": 0.3, "source": "relevance"},
+        "feat": {"weight": 1.0},
+        "class_groups": {"snli_ve": [0, 0, 1]},
+        "per_task": {"vqa": {"feat": {"weight": 0.0}, "tap_layer": 0}, "vcr": {"unlabeled": 0.2}},
+    }
+    assert resolve_method(method, "vqa") == {
+        "select": {"ratio": 0.3, "source": "relevance"},
+        "feat": {"weight": 0.0},
+        "tap_layer": 0,
+    }
+    assert resolve_method(method, "vcr")["unlabeled"] == 0.2
+    snli = resolve_method(method, "snli_ve")
+    assert snli == {
+        **{k: method[k] for k in ("select", "feat")},
+        "class_groups": {"snli_ve": [0, 0, 1]},
+    }
+    opts = {"teacher": "world-clip"}
+    assert mad_config_for(resolve_method(method, "vqa"), opts, "vqa").feat.weight == 0.0
+    assert mad_config_for(resolve_method(method, "vcr"), opts, "vcr").feat.weight == 1.0
+    # fingerprints: a task without overrides keeps the plain method's; one with them does not
+    plain = {k: v for k, v in method.items() if k != "per_task"}
+    bench = BenchConfig(tasks=["vqa", "vcr"], fractions=[0.01], methods={"M": plain}, out_dir="x")
+    over = dataclasses.replace(bench, methods={"M": method})
+    for task, same in (("snli_ve", True), ("vqa", False), ("vcr", False)):
+        run = RunSpec(task, "M", 0.01, 0)
+        a = harness.run_fingerprint(run, bench, None, resolve_method)
+        b = harness.run_fingerprint(run, over, None, resolve_method)
+        assert (a == b) is same
+    with pytest.raises(ValueError, match="per_task: task: unknown world task 'VQA'"):
+        method_options({"per_task": {"VQA": {}}})
+    with pytest.raises(TypeError, match="per_task must map bench tasks"):
+        method_options({"per_task": [{"feat": {"weight": 0.0}}]})
+    with pytest.raises(TypeError, match="per_task.vqa must be a mapping"):
+        method_options({"per_task": {"vqa": 0.0}})
+    with pytest.raises(ValueError, match="per_task.vqa cannot hold another per_task"):
+        method_options({"per_task": {"vqa": {"per_task": {}}}})
+    for bad in (1.5, True, "0"):
+        with pytest.raises(ValueError, match="tap_layer must be a layer index"):
+            method_options({"tap_layer": bad})
+
+
+def test_a_runs_per_task_settings_reach_its_student(tmp_path, world_clip_spec, monkeypatch):
+    """The resolved method drives the run: its tap layer reaches the student, its MAD fields
+    the config, and a bad override is named when the run starts."""
+    from mad_distill.bench import world
+
+    seen = {}
+    real = world.WorldTaskModule
+
+    def spy(*args, **kw):
+        module = real(*args, **kw)
+        seen["tap"], seen["feat"] = module.student.tap_layer, module.mad_config.feat.weight
+        return module
+
+    monkeypatch.setattr(world, "WorldTaskModule", spy)
+    train = {**TINY, "depth": 2, "teacher": world_clip_spec, "pool_size": 2000}
+    method = {
+        "select": {"ratio": 0.3},
+        "per_task": {"snli_ve": {"tap_layer": 0, "feat": {"weight": 0.5}}},
+    }
+    bench = _bench(tmp_path, world_clip_spec, methods={"M": method}, train=train)
+    run_world(RunSpec("snli_ve", "M", 0.002, 0), bench)
+    assert seen == {"tap": 0, "feat": 0.5}
+    run_world(RunSpec("vqa", "M", 0.002, 0), dataclasses.replace(bench, tasks=["vqa"]))
+    assert seen == {"tap": 1, "feat": 1.0}  # train.tap_layer (-1: the last) and the default
+    bad = dataclasses.replace(bench, methods={"M": {"per_task": {"snli_ve": {"tap_layer": 5}}}})
+    with pytest.raises(ValueError, match=r"tap_layer must be in \[-2, 1\], got 5"):
+        run_world(RunSpec("snli_ve", "M", 0.002, 0), bad)
 
 
 @pytest.mark.parametrize("task", ["vqa", "vcr"])
