@@ -126,21 +126,17 @@ def _itm_texts(
 
 
 class _PretrainStream(torch.utils.data.Dataset):
-    """Step ``i``'s ``(images [B, 64, 64, 3] uint8, ITM texts, match [B])``: a map-style
-    dataset so that DataLoader workers render steps ahead in order."""
+    """Step ``i``'s ``(images [B, 64, 64, 3] uint8, ITM texts, match [B])`` for ``steps`` steps:
+    a map-style dataset so that DataLoader workers render steps ahead in order."""
 
     def __init__(
-        self, seed: int, batch_size: int, domains: tuple[str, ...], foil_frac: float
+        self, seed: int, steps: int, batch_size: int, domains: tuple[str, ...], foil_frac: float
     ) -> None:
-        self.seed, self.batch_size, self.domains, self.foil_frac = (
-            seed,
-            batch_size,
-            domains,
-            foil_frac,
-        )
+        self.seed, self.steps, self.batch_size = seed, steps, batch_size
+        self.domains, self.foil_frac = domains, foil_frac
 
     def __len__(self) -> int:
-        return 2**31 - 1
+        return self.steps
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         images, caps, foils, valid = pretrain_batch(
@@ -235,7 +231,7 @@ def pretrain_student(
     heads_.train()
     t0 = time.time()
     hist: list[tuple[float, float, float]] = []
-    stream = _PretrainStream(seed, batch_size, domains, foil_frac)
+    stream = _PretrainStream(seed, steps, batch_size, domains, foil_frac)
     # its own generator: the loader's base-seed draw must not move the global (dropout) stream
     batches = torch.utils.data.DataLoader(
         stream,
@@ -244,7 +240,7 @@ def pretrain_student(
         prefetch_factor=4 if workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
-    for step, (images, texts, match) in zip(range(steps), batches):
+    for step, (images, texts, match) in enumerate(batches):
         enc = tok(texts)
         # masking draws from one generator in step order, in this process
         ids, target = _mask_words(enc["input_ids"], enc["word_ids"], tok, mlm_prob, gen)
