@@ -11,6 +11,13 @@ AugMix on both rows (``world_augment_seeds``) and the same distilling the 6000-s
 fully supervised student (``world_100pct_seeds``, else seed 0 of ``world_100pct``) for scale; the
 100 % rows compare MAD with the baseline against the issue's "baseline − 1".
 
+``--best [GRID ...]``: the best measured setting per low-shot cell over many grids (default:
+every ``results/world*/table.json``): the distilling method with the highest mean over at least
+3 seeds, against the highest mean of any grid's ``baseline*`` method over at least 3 seeds (a
+single seed is not compared with a mean; a baseline with fewer seeds above that bar is shown
+beside it). A maximum over many settings: it says which setting reaches a cell, not that one
+setting reaches them all.
+
 ``--probe GRID``: each distilling method of a probe grid (its cells only) against the best of
 the status baselines and the grid's own ``baseline*`` methods (e.g. a baseline trained for as
 many steps as the probe's methods), with the same +5 / 3-seed rule.
@@ -18,6 +25,7 @@ many steps as the probe's methods), with the same +5 / 3-seed rule.
     python benchmarks/compare_world.py            # defaults: the committed results
     python benchmarks/compare_world.py --status
     python benchmarks/compare_world.py --probe benchmarks/results/world_probe_kl/table.json
+    python benchmarks/compare_world.py --best
 """
 
 from __future__ import annotations
@@ -187,6 +195,43 @@ def probe(probe_grid: Cells, baselines: list[tuple[str, Cells, str]]) -> tuple[l
     return lines, met
 
 
+def best(grids: dict[str, Cells]) -> tuple[list[str], dict]:
+    """The best setting per low-shot cell over ``grids`` (name -> cells; see the module doc):
+    Markdown lines and ``{"best setting per cell": [cells met, cells]}``."""
+    refs: dict[tuple[str, float, str], list[tuple[str, tuple[float, float, int]]]] = {}
+    outs: dict[tuple[str, float, str], list[tuple[str, tuple[float, float, int]]]] = {}
+    for name, cells in grids.items():
+        for (task, frac, dom, method), cell in cells.items():
+            if frac >= 1:
+                continue
+            into = refs if method.startswith("baseline") else outs
+            into.setdefault((task, frac, dom), []).append((f"{name}/{method}", cell))
+    head = ["task", "fraction", "test domain", "best baseline (>= 3 seeds)", "which"]
+    head += ["best setting (>= 3 seeds)", "which", "− best baseline", "higher baseline, < 3 seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    key = "best setting per cell"
+    met = {key: [0, 0]}
+
+    def top(found, seeds):
+        picks = [nc for nc in found if nc[1][2] >= seeds]
+        return max(picks, key=lambda nc: nc[1][0], default=("–", None))
+
+    for cell in _order(outs):
+        ref_name, ref = top(refs.get(cell, []), 3)
+        out_name, out = top(outs[cell], 3)
+        row = [_NAMES[cell[0]], f"{cell[1] * 100:g} %", cell[2], _fmt(ref), ref_name]
+        row += [_fmt(out), out_name]
+        if ref is None or out is None:
+            row.append(_NO_REF if ref is None else "–")
+        else:
+            row.append(_tally(met, key, out, ref))
+        few_name, few = top(refs.get(cell, []), 1)
+        higher = few is not None and few[2] < 3 and (ref is None or few[0] > ref[0])
+        row.append(f"{_fmt(few)}: {few_name}" if higher else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines, met
+
+
 def _print_table(lines: list[str], met: dict) -> None:
     print("\n".join(lines))
     print()
@@ -219,7 +264,25 @@ def main(argv: list[str] | None = None) -> int:
         help="the grid with the 6000-step teacher (a column if the file exists)",
     )
     p.add_argument("--probe", type=Path, help="a probe grid's table.json (see above)")
+    p.add_argument(
+        "--best",
+        type=Path,
+        nargs="*",
+        help="the best setting per cell over these grids' table.json (none named: every "
+        "results/world*/table.json)",
+    )
     args = p.parse_args(argv)
+    if args.best is not None:
+        paths = args.best or sorted(_ROOT.glob("world*/table.json"))
+        grids: dict[str, Cells] = {}
+        for path in paths:
+            # a grid is named by its folder (results/<grid>/table.json), another file by its stem
+            name = path.parent.name if path.name == "table.json" else path.stem
+            if name in grids:
+                p.error(f"--best: two grids named {name!r}; rename one file")
+            grids[name] = _cells(path)
+        _print_table(*best(grids))
+        return 0
     short, grid = _cells(args.default_steps), _cells(args.grid)
     if args.probe is not None:
         baselines = status_baselines(short, grid, _cells(args.augmented))

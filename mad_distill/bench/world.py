@@ -193,6 +193,8 @@ METHOD_OPTIONS: dict[str, Any] = {
     "pseudo_labels": 0.0,
     # the student layer whose tokens MAD distils (None: train.tap_layer)
     "tap_layer": None,
+    # overrides of bench.train for this method's runs, e.g. {min_steps: 2500, teacher: ...}
+    "train": {},
     # bench task -> overrides of this method's fields for that task's runs, merged key by key
     # (nested dicts too), e.g. {vqa: {feat: {weight: 0.0}}, vcr: {tap_layer: 0}}
     "per_task": {},
@@ -203,6 +205,17 @@ def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The runner's own options of a bench method (:data:`METHOD_OPTIONS`), checked."""
     opts = {k: (method_cfg or {}).get(k, v) for k, v in METHOD_OPTIONS.items()}
     _check_per_task(opts["per_task"])
+    over = opts["train"]
+    if not isinstance(over, Mapping):
+        raise TypeError(
+            f"train (a method's) must map bench.train options to values, e.g. {{min_steps: "
+            f"2500}}, got {type(over).__name__}"
+        )
+    unknown = sorted(set(over) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"train (a method's): unknown option(s) {unknown}; known: {sorted(TRAIN_DEFAULTS)}"
+        )
     tap = opts["tap_layer"]
     if tap is not None and (isinstance(tap, bool) or not isinstance(tap, int)):
         raise ValueError(f"tap_layer must be a layer index (int) or null, got {tap!r}")
@@ -747,6 +760,7 @@ class WorldTaskModule(MADMixin, L.LightningModule):
                 mad = MADConfig.from_dict({**mad.to_dict(), "teachers": dict(teachers)})
             self.configure_mad(mad, student_dim=self.student.hidden_dim)
         self._correct: dict[int, list[float]] = {}
+        self._pairs: dict[int, list[list[int]]] = {}  # SNLI-VE test items: [true, predicted]
 
     # ---------------------------------------------------------------- MAD override point
     def mad_teacher_outputs(self, batch: MADBatch, required: frozenset[str]) -> MADTeacherOutputs:
@@ -830,10 +844,24 @@ class WorldTaskModule(MADMixin, L.LightningModule):
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self(batch)
         self._correct.setdefault(dataloader_idx, []).extend(self._score(out.logits, batch).tolist())
+        if self.task == "snli_ve":
+            pairs = torch.stack([batch.labels, out.logits.argmax(-1)], 1).tolist()
+            self._pairs.setdefault(dataloader_idx, []).extend(pairs)
 
     def accuracies(self) -> dict[int, float]:
         """Accuracy in percent per test dataloader (VQA: mean soft score of the prediction)."""
         return {i: 100.0 * float(np.mean(v)) for i, v in self._correct.items()}
+
+    def confusions(self) -> dict[int, list[list[int]]]:
+        """SNLI-VE only: the confusion matrix per test dataloader, ``[true][predicted]`` counts
+        in :data:`~mad_distill.data.world.tasks.SNLI_LABELS` order (other tasks: empty)."""
+        from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+        out = {}
+        for i, pairs in self._pairs.items():
+            true, pred = torch.tensor(pairs).unbind(1)
+            out[i] = multiclass_confusion_matrix(pred, true, self.num_classes).tolist()
+        return out
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(
@@ -871,6 +899,13 @@ def _quiet() -> Iterator[None]:
 def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
     """Everything in ``bench.train`` that determines a result, for the harness' fingerprints:
     the options after defaults plus the SHA-256 of the packaged teacher / student they name."""
+    opts = train_options(bench_train)
+    return {**opts, **_file_identities(opts)}
+
+
+def _file_identities(opts: Mapping[str, Any]) -> dict[str, str]:
+    """``{"teacher_sha256", "student_sha256"}`` of the weights files the ``teacher`` /
+    ``student`` options of ``opts`` name (those present and naming a file)."""
     from mad_distill.data.world.student_pretrain import WORLD_STUDENT_WEIGHTS
     from mad_distill.data.world.teacher import (
         WORLD_CLIP_ALIAS,
@@ -880,23 +915,19 @@ def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
     )
     from mad_distill.teachers.factory import parse_teacher_spec
 
-    opts = train_options(bench_train)
-    files = {"teacher": None, "student": None}
-    if opts["teacher"] == WORLD_CLIP_ALIAS:
-        files["teacher"] = WORLD_CLIP_CHECKSUM
-    if opts["student"] != "scratch":
-        weights = WORLD_STUDENT_WEIGHTS if opts["student"] == "world-vl" else opts["student"]
-        files["student"] = checksum_path(weights)
-    for role, path in files.items():
-        if path is not None:
-            opts[f"{role}_sha256"] = json.loads(Path(path).read_text())["sha256"]
-    if opts["teacher"].startswith("open_clip:"):
+    out = {}
+    teacher, student = opts.get("teacher"), opts.get("student")
+    if teacher == WORLD_CLIP_ALIAS:
+        out["teacher_sha256"] = json.loads(Path(WORLD_CLIP_CHECKSUM).read_text())["sha256"]
+    if isinstance(student, str) and student != "scratch":
+        weights = WORLD_STUDENT_WEIGHTS if student == "world-vl" else student
+        out["student_sha256"] = json.loads(Path(checksum_path(weights)).read_text())["sha256"]
+    if isinstance(teacher, str) and teacher.startswith("open_clip:"):
         # a weights file named by path: its content, not its name, decides a run's result
-        parsed = parse_teacher_spec(opts["teacher"])
-        weights = Path(parsed.pretrained or "").expanduser()  # as the teacher loader reads it
-        if weights.is_file():
-            opts["teacher_sha256"] = sha256_file(weights)
-    return opts
+        weights = Path(parse_teacher_spec(teacher).pretrained or "").expanduser()
+        if weights.is_file():  # as the teacher loader reads it
+            out["teacher_sha256"] = sha256_file(weights)
+    return out
 
 
 def run_world(run, bench) -> dict:
@@ -916,8 +947,16 @@ def run_world(run, bench) -> dict:
     check_domain(bench.train_domain)
     for d in bench.test_domains:
         check_domain(d)
-    opts = train_options(bench.train)
     method_cfg = bench.methods[run.method]
+    method_options(method_cfg)  # names a bad per_task before it is applied
+    method_cfg = method_for_task(method_cfg, run.task)
+    method_opts = method_options(method_cfg)
+    try:
+        opts = train_options(_merge(bench.train, method_opts["train"]))
+    except ValueError as err:
+        if not method_opts["train"]:
+            raise
+        raise ValueError(f"method {run.method!r} train: {err}") from None
     if RUNTIME["threads"]:
         torch.set_num_threads(int(RUNTIME["threads"]))
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -936,9 +975,6 @@ def run_world(run, bench) -> dict:
         for d in bench.test_domains
     ]
     n_cls = num_classes(world_task)
-    method_options(method_cfg)  # names a bad per_task before it is applied
-    method_cfg = resolve_method(method_cfg, run.task)
-    method_opts = method_options(method_cfg)
     unlabeled = method_opts["unlabeled"]
     mad = teachers = store = None
     # labels dropped: see unlabeled_view
@@ -1012,7 +1048,11 @@ def run_world(run, bench) -> dict:
             verbose=False,
         )
     acc = module.accuracies()
+    extra = {}
+    if confusion := module.confusions():
+        extra["confusion"] = {d: confusion[i] for i, d in enumerate(bench.test_domains)}
     return {
+        **extra,
         "metrics": {d: round(acc[i], 3) for i, d in enumerate(bench.test_domains)},
         "train_size": len(train_ds),
         "unlabeled_size": len(unlabeled_ds) if unlabeled_ds is not None else 0,
@@ -1030,15 +1070,15 @@ def run_world(run, bench) -> dict:
     }
 
 
-def resolve_method(method_cfg: Mapping[str, Any] | None, task: str) -> Any:
-    """The part of a bench method that applies to ``task`` (what its runs use, and what the
-    harness fingerprints): ``per_task[task]`` merged in (``per_task`` dropped), and
-    ``class_groups`` reduced to the task's entry (dropped when it has none), so a setting for
-    one task does not rerun the others."""
+def method_for_task(method_cfg: Mapping[str, Any] | None, task: str) -> Any:
+    """The part of a bench method that applies to ``task`` (what its runs use):
+    ``per_task[task]`` merged in (``per_task`` dropped), and ``class_groups`` reduced to the
+    task's entry (dropped when it has none), so a setting for one task does not rerun the
+    others. An invalid method is returned as it is: the run itself reports it."""
     if isinstance(method_cfg, Mapping) and "per_task" in method_cfg:
         per_task = method_cfg["per_task"]
         if not isinstance(per_task, Mapping) or not isinstance(per_task.get(task, {}), Mapping):
-            return method_cfg  # invalid: kept, the run itself reports it
+            return method_cfg
         rest = {k: v for k, v in method_cfg.items() if k != "per_task"}
         method_cfg = _merge(rest, per_task.get(task, {}))
     if not isinstance(method_cfg, Mapping) or "class_groups" not in method_cfg:
@@ -1048,8 +1088,20 @@ def resolve_method(method_cfg: Mapping[str, Any] | None, task: str) -> Any:
     if isinstance(groups, Mapping) and task in groups:
         out["class_groups"] = {task: groups[task]}
     elif not isinstance(groups, Mapping):
-        out["class_groups"] = groups  # invalid: kept, the run itself reports it
+        out["class_groups"] = groups
     return out
+
+
+def resolve_method(method_cfg: Mapping[str, Any] | None, task: str) -> Any:
+    """What the harness fingerprints of a method's ``task`` runs: :func:`method_for_task`, with
+    the SHA-256 of the weights files its own ``train`` options name (as for ``bench.train``)."""
+    method_cfg = method_for_task(method_cfg, task)
+    if isinstance(method_cfg, Mapping) and isinstance(method_cfg.get("train"), Mapping):
+        over = dict(method_cfg["train"])
+        with contextlib.suppress(OSError, ValueError, KeyError):  # the run itself reports it
+            over.update(_file_identities(over))
+        method_cfg = {**method_cfg, "train": over}
+    return method_cfg
 
 
 # the harness fingerprints runs with the resolved options (defaults + packaged file checksums)
@@ -1064,6 +1116,7 @@ __all__ = [
     "WorldTaskModule",
     "clear_caches",
     "mad_config_for",
+    "method_for_task",
     "pretrained_student",
     "resolve_method",
     "resolve_train",

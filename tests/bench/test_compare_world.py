@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_world.py"
-
 
 @pytest.fixture(scope="module")
-def cw():
-    spec = importlib.util.spec_from_file_location("compare_world", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def cw(benchmark_script):
+    return benchmark_script("compare_world")
 
 
 def _table(path: Path, rows: list[tuple[str, float, str, str, float, int]]) -> Path:
@@ -171,3 +165,55 @@ def test_committed_results_print(cw, capsys):
     assert cw.main(["--status"]) == 0
     out = capsys.readouterr().out
     assert "| VCR Q→A | 100 % | flat |" in out and "- MAD-U + AugMix: " in out
+    assert cw.main(["--best"]) == 0
+    assert "- best setting per cell: " in capsys.readouterr().out
+
+
+def test_best_takes_the_top_three_seed_setting_per_cell_over_all_grids(cw, tmp_path, capsys):
+    a = _table(
+        tmp_path / "a.json",
+        [
+            ("vqa", 0.01, "flat", "baseline", 60.0, 3),
+            ("vqa", 0.01, "flat", "MAD-U", 66.0, 3),
+            ("vqa", 0.01, "textured", "baseline", 50.0, 3),
+            ("vqa", 0.01, "textured", "MAD-U", 54.0, 3),
+            ("vqa", 1.0, "flat", "MAD", 70.0, 3),  # 100 %: not a low-shot cell
+            ("vqa", 1.0, "flat", "baseline", 71.0, 3),
+        ],
+    )
+    b = _table(
+        tmp_path / "b.json",
+        [
+            # the bar: the best baseline over >= 3 seeds, from any grid
+            ("vqa", 0.01, "flat", "baseline-augmix", 61.0, 3),
+            # one seed: shown beside the bar, never the bar
+            ("vqa", 0.01, "flat", "baseline-long", 63.0, 1),
+            ("vqa", 0.01, "flat", "KL", 67.0, 3),
+            ("vqa", 0.01, "flat", "KL-lucky", 80.0, 2),  # two seeds: not a candidate
+            ("vqa", 0.01, "textured", "KL", 54.5, 3),
+            ("vcr", 0.05, "flat", "KL", 74.0, 3),  # no baseline ran in this cell
+        ],
+    )
+    lines, met = cw.best({"a": cw._cells(a), "b": cw._cells(b)})
+    assert met == {"best setting per cell": [1, 2]}
+    assert not any("100 %" in line for line in lines)
+    flat = next(line for line in lines if line.startswith("| VQA | 1 % | flat"))
+    assert flat == (
+        "| VQA | 1 % | flat | 61.0 ± 1.0 | b/baseline-augmix | 67.0 ± 1.0 | b/KL | **+6.0** ✓ "
+        "| 63.0 ± 1.0 (n=1): b/baseline-long |"
+    )
+    tex = next(line for line in lines if line.startswith("| VQA | 1 % | textured"))
+    # a's MAD-U (54.0) loses to b's KL; a's baseline is the bar; +4.5 is not met
+    assert tex == (
+        "| VQA | 1 % | textured | 50.0 ± 1.0 | a/baseline | 54.5 ± 1.0 | b/KL | **+4.5** |  |"
+    )
+    vcr = next(line for line in lines if line.startswith("| VCR Q→A | 5 %"))
+    assert "| – | – | 74.0 ± 1.0 | b/KL | no baseline |" in vcr
+    assert cw.main(["--best", str(a), str(b)]) == 0
+    assert "- best setting per cell: 1 of 2 cells meet the target" in capsys.readouterr().out
+    # two files the table would name alike: refused, not silently merged
+    (tmp_path / "other").mkdir()
+    twin = _table(tmp_path / "other" / "a.json", [])
+    with pytest.raises(SystemExit):
+        cw.main(["--best", str(a), str(twin)])
+    assert "two grids named 'a'" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +118,11 @@ def test_finetuning_starts_from_the_pretrained_weights(tmp_path, world_clip_spec
     out = run_world(RunSpec("snli_ve", "baseline", 0.002, 0), bench)
     assert out["student"] == str(tiny_student)
     assert set(out["metrics"]) == {"flat", "textured"}
+    # SNLI-VE runs also record the confusion [true][predicted]; its diagonal is the accuracy
+    for domain, acc in out["metrics"].items():
+        m = np.array(out["confusion"][domain])
+        assert m.shape == (3, 3) and m.sum() == TINY["test_size"]
+        assert 100 * np.trace(m) / m.sum() == pytest.approx(acc, abs=1e-3)
 
 
 def test_fingerprint_follows_resolved_defaults_and_file_checksums(tmp_path, tiny_student):
@@ -275,6 +281,7 @@ def test_method_options_are_checked_and_kept_out_of_the_mad_config():
         "distill": True,
         "pseudo_labels": 0.0,
         "tap_layer": None,
+        "train": {},
         "per_task": {},
     }
     assert method_options({"unlabeled": 0.2, "select": {"ratio": 0.3}})["unlabeled"] == 0.2
@@ -407,6 +414,41 @@ def test_a_runs_per_task_settings_reach_its_student(tmp_path, world_clip_spec, m
     bad = dataclasses.replace(bench, methods={"M": {"per_task": {"snli_ve": {"tap_layer": 5}}}})
     with pytest.raises(ValueError, match=r"tap_layer must be in \[-2, 1\], got 5"):
         run_world(RunSpec("snli_ve", "M", 0.002, 0), bad)
+
+
+def test_a_methods_train_options_override_the_benchs(tmp_path, world_clip_spec):
+    """``train:`` in a method changes that method's runs only (steps here), is checked, and a
+    weights file it names enters the fingerprint by its content."""
+    from mad_distill.bench.world import method_options, resolve_method
+
+    with pytest.raises(TypeError, match="train \\(a method's\\) must map"):
+        method_options({"train": 2500})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['steps'\]"):
+        method_options({"train": {"steps": 2500}})
+    methods = {
+        "baseline": None,
+        "long": {"distill": False, "train": {"min_steps": 3, "max_steps": 3}},
+    }
+    bench = _bench(tmp_path, world_clip_spec, methods=methods)
+    assert run_world(RunSpec("snli_ve", "baseline", 0.002, 0), bench)["steps"] == 2
+    assert run_world(RunSpec("snli_ve", "long", 0.002, 0), bench)["steps"] == 3
+    # per task too, and a bad value is named with its method
+    per = {"per_task": {"snli_ve": {"train": {"max_steps": -1}}}}
+    bad = dataclasses.replace(bench, methods={"P": per})
+    with pytest.raises(ValueError, match=r"method 'P' train: train.max_steps must be an int >= 0"):
+        run_world(RunSpec("snli_ve", "P", 0.002, 0), bad)
+    # a teacher file named by a method: its bytes, not its path, are fingerprinted
+    weights = tmp_path / "t.safetensors"
+    weights.write_bytes(b"one")
+    method = {"train": {"teacher": f"open_clip:MAD-World-CLIP@{weights}"}}
+    first = resolve_method(method, "vqa")["train"]["teacher_sha256"]
+    weights.write_bytes(b"two")
+    assert resolve_method(method, "vqa")["train"]["teacher_sha256"] != first
+    assert "teacher_sha256" not in method["train"]  # the config itself is not changed
+    assert resolve_method({"train": {"student": "missing.safetensors"}}, "vqa") == {
+        "train": {"student": "missing.safetensors"}  # unresolvable: the run reports it
+    }
+    assert resolve_method({"unlabeled": 0.2}, "vqa") == {"unlabeled": 0.2}  # no train: as it was
 
 
 @pytest.mark.parametrize("task", ["vqa", "vcr"])

@@ -7,6 +7,7 @@ import inspect
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,6 +191,31 @@ def test_zero_shot_accuracy_function_reports_per_type(teacher):
     torch.manual_seed(0)
 
 
+def test_zero_shot_on_views_of_the_images(teacher):
+    """``views`` changes what the teacher sees and nothing else; AugMix views are seeded."""
+    from mad_distill.data.world.zero_shot import augmented_views, zero_shot_accuracy
+
+    args = (teacher.model, teacher.tokenizer, "snli_ve", "flat")
+    plain = zero_shot_accuracy(*args, n=40, split="train")
+    assert zero_shot_accuracy(*args, n=40, split="train", views=lambda raw: raw) == plain
+    seen = []
+
+    def blank(raw):
+        seen.append((raw.shape, raw.dtype))
+        return np.zeros_like(raw)
+
+    blanked = zero_shot_accuracy(*args, n=40, split="train", views=blank, batch_size=16)
+    assert seen == [((16, 64, 64, 3), np.uint8)] * 2 + [((8, 64, 64, 3), np.uint8)]
+    assert blanked != plain  # one image for every item: the text alone decides
+    torch.manual_seed(3)
+    a = zero_shot_accuracy(*args, n=40, split="train", views=augmented_views("augmix"))
+    torch.manual_seed(3)
+    assert zero_shot_accuracy(*args, n=40, split="train", views=augmented_views("augmix")) == a
+    with pytest.raises(ValueError, match="unknown augmentation 'augmax'"):
+        augmented_views("augmax")
+    torch.manual_seed(0)
+
+
 def test_zero_shot_command_prints_and_writes_the_table(tmp_path, capsys):
     from mad_distill import cli
 
@@ -202,3 +228,10 @@ def test_zero_shot_command_prints_and_writes_the_table(tmp_path, capsys):
     assert sorted(results) == ["snli_ve", "vcr", "vqa"]
     assert all(sorted(results[t]) == ["flat", "textured"] for t in results)
     assert 0.0 <= results["vqa"]["flat"]["accuracy"] <= 100.0
+    # the teacher on AugMix views of training items: seeded, so the same twice
+    argv = ["zero-shot", "--n", "8", "--split", "train", "--augment", "augmix", "--seed", "1"]
+    assert cli.main(argv + ["--json", str(out)]) == 0
+    first = json.loads(out.read_text())
+    assert cli.main(argv + ["--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == first
+    capsys.readouterr()

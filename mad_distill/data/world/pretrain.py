@@ -289,16 +289,20 @@ def _load_init(model: torch.nn.Module, path: Path) -> int:
 
 
 def evaluate_zero_shot(
-    model: torch.nn.Module, tokenizer, n: int = 500, world_seed: int = 0
+    model: torch.nn.Module,
+    tokenizer,
+    n: int = 500,
+    world_seed: int = 0,
+    split: str = "test",
+    views=None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{task: {domain: metrics}}`` zero-shot accuracies on the first ``n`` test instances."""
+    """``{task: {domain: metrics}}`` zero-shot accuracies on the first ``n`` instances of
+    ``split`` (``views``: see :func:`~mad_distill.data.world.zero_shot.zero_shot_accuracy`)."""
     pp = getattr(model.visual, "preprocess_cfg", {})
     kw = {"mean": pp.get("mean"), "std": pp.get("std")} if pp else {}
+    kw.update(n=n, world_seed=world_seed, split=split, views=views)
     return {
-        task: {
-            d: zero_shot_accuracy(model, tokenizer, task, d, n=n, world_seed=world_seed, **kw)
-            for d in DOMAINS
-        }
+        task: {d: zero_shot_accuracy(model, tokenizer, task, d, **kw) for d in DOMAINS}
         for task in TASKS
     }
 

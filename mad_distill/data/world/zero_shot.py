@@ -117,8 +117,12 @@ def zero_shot_accuracy(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     reduce: str = "mean",
+    views: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Zero-shot accuracy (percent) of a CLIP model on the first ``n`` instances of a world split.
+
+    ``views``: maps each batch of rendered ``uint8 [B, H, W, 3]`` images to the images the model
+    sees (e.g. :func:`augmented_views`: how good a teacher is on the views it labels).
 
     Returns ``{"accuracy": ...}`` (VQA: the VQA soft score of the predicted answer; SNLI-VE:
     accuracy; VCR: Q→A) plus, for VCR, ``"qa2r"`` and ``"q2ar"``, for SNLI-VE ``"holds"`` (the
@@ -148,9 +152,10 @@ def zero_shot_accuracy(
             make_instance(task, s, task_rng(world_seed, split, _TASK_CODE[task], i))
             for s, i in zip(scenes, idx)
         ]
-        imgs = images_to_tensor(
-            generate_images(world_seed, split, domain, idx, scenes=scenes), mean, std
-        )
+        raw = generate_images(world_seed, split, domain, idx, scenes=scenes)
+        if views is not None:
+            raw = views(raw)
+        imgs = images_to_tensor(raw, mean, std)
         logits = candidate_logits(model, embed, imgs, [x.candidates for x in insts])
         groups = torch.tensor([x.groups for x in insts])
         class_logits = group_logits(logits, groups, c, reduce=reduce)
@@ -180,6 +185,21 @@ def zero_shot_accuracy(
         sel = [v for v, t in zip(correct, qtypes) if t == q]
         out[f"type/{q}"] = 100.0 * float(np.mean(sel))
     return out
+
+
+def augmented_views(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``views`` for :func:`zero_shot_accuracy`: each image through the bench's augmentation
+    ``kind`` (e.g. ``"augmix"``; :mod:`mad_distill.bench.augment`), as the world runner's
+    teachers see them; randomness from torch's global generator."""
+    from mad_distill.bench.augment import augment_images, create_augmentation
+
+    policy = create_augmentation(kind)
+
+    def views(raw: np.ndarray) -> np.ndarray:
+        pixels = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)
+        return augment_images(pixels, policy).permute(0, 2, 3, 1).numpy()
+
+    return views
 
 
 def chance_accuracy(task: str) -> float:
@@ -229,8 +249,8 @@ def zero_shot_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mad-distill zero-shot [--weights W] [--n N]``: the teacher's zero-shot accuracy per
-    task and domain on the first ``N`` test items."""
+    """``mad-distill zero-shot [--weights W] [--n N] [--split S] [--augment KIND]``: the
+    teacher's zero-shot accuracy per task and domain on the first ``N`` items of a split."""
     import argparse
     import json
 
@@ -245,10 +265,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=1000, help="test items per task and domain")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="the items' split")
+    p.add_argument(
+        "--augment",
+        default=None,
+        help="score the teacher on augmented views of the images (augmix, randaugment, "
+        "trivialaugment), as the bench's teachers label them",
+    )
+    p.add_argument("--seed", type=int, default=0, help="torch seed of the augmentation")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    views = None
+    if args.augment is not None:
+        torch.manual_seed(args.seed)
+        views = augmented_views(args.augment)
     model, _, tokenizer = load_world_clip(args.weights)
-    results = evaluate_zero_shot(model, tokenizer, n=args.n)
+    results = evaluate_zero_shot(model, tokenizer, n=args.n, split=args.split, views=views)
     print(zero_shot_table(results))
     if args.json:
         with open(args.json, "w") as f:
