@@ -110,12 +110,7 @@ _log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- options
 def train_options(bench_train: Mapping[str, Any]) -> dict[str, Any]:
     """``bench.train`` merged over :data:`TRAIN_DEFAULTS`; unknown keys raise ``ValueError``."""
-    unknown = sorted(set(bench_train) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"train: unknown option(s) {unknown} for the world runner; known: "
-            f"{sorted(TRAIN_DEFAULTS)}"
-        )
+    _check_train_keys(bench_train, "train")
     opts = {**TRAIN_DEFAULTS, **dict(bench_train)}
     for name in (
         "dim",
@@ -160,6 +155,17 @@ def train_options(bench_train: Mapping[str, Any]) -> dict[str, Any]:
                 )
         opts.update({name: arch[name] for name in _ARCH_KEYS})
     return opts
+
+
+def _check_train_keys(options: Mapping[str, Any], where: str) -> None:
+    """Raise ``ValueError`` naming the keys of ``options`` that are not world-runner
+    ``train`` options (:data:`TRAIN_DEFAULTS`)."""
+    unknown = sorted(set(options) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown option(s) {unknown} for the world runner; known: "
+            f"{sorted(TRAIN_DEFAULTS)}"
+        )
 
 
 #: student options a pretrained checkpoint fixes
@@ -211,11 +217,7 @@ def method_options(method_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
             f"train (a method's) must map bench.train options to values, e.g. {{min_steps: "
             f"2500}}, got {type(over).__name__}"
         )
-    unknown = sorted(set(over) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"train (a method's): unknown option(s) {unknown}; known: {sorted(TRAIN_DEFAULTS)}"
-        )
+    _check_train_keys(over, "train (a method's)")
     tap = opts["tap_layer"]
     if tap is not None and (isinstance(tap, bool) or not isinstance(tap, int)):
         raise ValueError(f"tap_layer must be a layer index (int) or null, got {tap!r}")
@@ -835,17 +837,16 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         mad = dataclasses.replace(batch.mad, keys=[k + VIEW_SUFFIX for k in batch.mad.keys])
         return dataclasses.replace(batch, images=images, mad=mad)
 
-    def _score(self, logits: Tensor, batch) -> Tensor:
-        pred = logits.argmax(-1)
+    def _score(self, pred: Tensor, batch) -> Tensor:
         if self.task == "vqa" and batch.answer_scores is not None:
             return batch.answer_scores.gather(1, pred.unsqueeze(1)).squeeze(1).float()
         return (pred == batch.labels).float()
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        out = self(batch)
-        self._correct.setdefault(dataloader_idx, []).extend(self._score(out.logits, batch).tolist())
+        pred = self(batch).logits.argmax(-1)
+        self._correct.setdefault(dataloader_idx, []).extend(self._score(pred, batch).tolist())
         if self.task == "snli_ve":
-            pairs = torch.stack([batch.labels, out.logits.argmax(-1)], 1).tolist()
+            pairs = torch.stack([batch.labels, pred], 1).tolist()
             self._pairs.setdefault(dataloader_idx, []).extend(pairs)
 
     def accuracies(self) -> dict[int, float]:
