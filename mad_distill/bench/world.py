@@ -41,13 +41,9 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 
 from mad_distill._optim import decay_param_groups, warmup_cosine
-from mad_distill.bench.augment import (
-    augment_images,
-    check_augment,
-    create_augmentation,
-    to_uint8,
-)
+from mad_distill.bench.augment import check_augment
 from mad_distill.config import MADConfig
+from mad_distill.data.augment import augment_images, create_augmentation, to_uint8
 from mad_distill.data.world.student_pretrain import normalize_images
 from mad_distill.mixin import MADMixin, MADTeacherOutputs
 from mad_distill.students import BuiltinVLStudent
@@ -763,6 +759,7 @@ class WorldTaskModule(MADMixin, L.LightningModule):
             self.configure_mad(mad, student_dim=self.student.hidden_dim)
         self._correct: dict[int, list[float]] = {}
         self._pairs: dict[int, list[list[int]]] = {}  # SNLI-VE test items: [true, predicted]
+        self._qtypes: dict[int, list[str]] = {}  # question type per test item
 
     # ---------------------------------------------------------------- MAD override point
     def mad_teacher_outputs(self, batch: MADBatch, required: frozenset[str]) -> MADTeacherOutputs:
@@ -845,6 +842,7 @@ class WorldTaskModule(MADMixin, L.LightningModule):
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         pred = self(batch).logits.argmax(-1)
         self._correct.setdefault(dataloader_idx, []).extend(self._score(pred, batch).tolist())
+        self._qtypes.setdefault(dataloader_idx, []).extend(batch.qtypes)
         if self.task == "snli_ve":
             pairs = torch.stack([batch.labels, pred], 1).tolist()
             self._pairs.setdefault(dataloader_idx, []).extend(pairs)
@@ -852,6 +850,17 @@ class WorldTaskModule(MADMixin, L.LightningModule):
     def accuracies(self) -> dict[int, float]:
         """Accuracy in percent per test dataloader (VQA: mean soft score of the prediction)."""
         return {i: 100.0 * float(np.mean(v)) for i, v in self._correct.items()}
+
+    def accuracies_by_type(self) -> dict[int, dict[str, float]]:
+        """Accuracy in percent per question type (``colour``, ``count``, ...) per test
+        dataloader: where a student's errors sit, beside the teacher's ``type/*`` zero-shot
+        accuracies (:func:`~mad_distill.data.world.zero_shot.zero_shot_accuracy`)."""
+        out = {}
+        for i, correct in self._correct.items():
+            qtypes = np.array(self._qtypes[i])
+            correct = np.array(correct)
+            out[i] = {q: 100.0 * float(correct[qtypes == q].mean()) for q in sorted(set(qtypes))}
+        return out
 
     def confusions(self) -> dict[int, list[list[int]]]:
         """SNLI-VE only: the confusion matrix per test dataloader, ``[true][predicted]`` counts
@@ -1049,12 +1058,17 @@ def run_world(run, bench) -> dict:
             verbose=False,
         )
     acc = module.accuracies()
+    by_type = module.accuracies_by_type()
     extra = {}
     if confusion := module.confusions():
         extra["confusion"] = {d: confusion[i] for i, d in enumerate(bench.test_domains)}
     return {
         **extra,
         "metrics": {d: round(acc[i], 3) for i, d in enumerate(bench.test_domains)},
+        "by_type": {
+            d: {q: round(v, 3) for q, v in by_type[i].items()}
+            for i, d in enumerate(bench.test_domains)
+        },
         "train_size": len(train_ds),
         "unlabeled_size": len(unlabeled_ds) if unlabeled_ds is not None else 0,
         "steps": total,

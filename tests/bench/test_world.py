@@ -123,6 +123,18 @@ def test_finetuning_starts_from_the_pretrained_weights(tmp_path, world_clip_spec
         m = np.array(out["confusion"][domain])
         assert m.shape == (3, 3) and m.sum() == TINY["test_size"]
         assert 100 * np.trace(m) / m.sum() == pytest.approx(acc, abs=1e-3)
+    # ... and the accuracy per question type, whose item-weighted mean is the accuracy
+    from collections import Counter
+
+    from mad_distill.bench.world import _dataset
+
+    test = _dataset("snli_ve", "flat", "test", tuple(range(TINY["test_size"])), 0, "q2a")
+    counts = Counter(x.qtype for x in test.instances)
+    for domain, acc in out["metrics"].items():
+        by_type = out["by_type"][domain]
+        assert set(by_type) == set(counts)
+        mean = sum(by_type[q] * n for q, n in counts.items()) / sum(counts.values())
+        assert mean == pytest.approx(acc, abs=1e-2)
 
 
 def test_fingerprint_follows_resolved_defaults_and_file_checksums(tmp_path, tiny_student):
@@ -552,8 +564,8 @@ def test_views_get_the_teachers_outputs_on_their_own_pixels(world_clip_spec, tas
     """An augmented view is served the teachers' outputs on the augmented pixels (computed as
     ``fill`` computes a chunk: a view of unchanged pixels gets the stored items bit for bit),
     for one step only."""
-    from mad_distill.bench.augment import augment_images, create_augmentation
     from mad_distill.bench.world import UNLABELED_SUFFIX, VIEW_SUFFIX
+    from mad_distill.data.augment import augment_images, create_augmentation
     from mad_distill.data.world.tasks import num_classes
     from mad_distill.data.world.zero_shot import images_to_tensor
 

@@ -188,6 +188,20 @@ def test_zero_shot_accuracy_function_reports_per_type(teacher):
     # "holds" is a two-way judgement: every item counts, right or wrong (multiples of 2.5 %)
     assert 0 <= snli["holds"] <= 100 and (snli["holds"] / 2.5) == round(snli["holds"] / 2.5)
     assert "holds" not in out
+    # ... and per statement type, whose item-weighted mean is the overall "holds"
+    from collections import Counter
+
+    from mad_distill.data.world.generator import generate_scene, task_rng
+    from mad_distill.data.world.tasks import _TASK_CODE, make_instance
+
+    code = _TASK_CODE["snli_ve"]
+    counts = Counter(
+        make_instance("snli_ve", generate_scene(0, "test", i), task_rng(0, "test", code, i)).qtype
+        for i in range(40)
+    )
+    assert {k for k in snli if k.startswith("holds/")} == {f"holds/{q}" for q in counts}
+    mean = sum(snli[f"holds/{q}"] * n for q, n in counts.items()) / 40
+    assert mean == pytest.approx(snli["holds"])
     torch.manual_seed(0)
 
 

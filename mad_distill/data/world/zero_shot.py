@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from mad_distill.class_groups import group_class_logits, group_labels
+from mad_distill.data.augment import augment_images, create_augmentation
 from mad_distill.data.world.generator import generate_images, generate_scene, task_rng
 from mad_distill.data.world.render import check_domain
 from mad_distill.data.world.tasks import (
@@ -128,7 +129,7 @@ def zero_shot_accuracy(
     accuracy; VCR: Q→A) plus, for VCR, ``"qa2r"`` and ``"q2ar"``, for SNLI-VE ``"holds"`` (the
     accuracy of "the hypothesis holds" vs "it does not": the groups of
     :data:`~mad_distill.data.world.tasks.SNLI_CLASS_GROUPS`), and per-type accuracies
-    ``"type/<qtype>"``.
+    ``"type/<qtype>"`` (SNLI-VE also ``"holds/<qtype>"``).
     """
     check_task(task)
     check_domain(domain)
@@ -184,15 +185,16 @@ def zero_shot_accuracy(
     for q in sorted(set(qtypes)):
         sel = [v for v, t in zip(correct, qtypes) if t == q]
         out[f"type/{q}"] = 100.0 * float(np.mean(sel))
+        if task == "snli_ve":
+            sel = [v for v, t in zip(correct_h, qtypes) if t == q]
+            out[f"holds/{q}"] = 100.0 * float(np.mean(sel))
     return out
 
 
 def augmented_views(kind: str) -> Callable[[np.ndarray], np.ndarray]:
     """``views`` for :func:`zero_shot_accuracy`: each image through the bench's augmentation
-    ``kind`` (e.g. ``"augmix"``; :mod:`mad_distill.bench.augment`), as the world runner's
+    ``kind`` (e.g. ``"augmix"``; :mod:`mad_distill.data.augment`), as the world runner's
     teachers see them; randomness from torch's global generator."""
-    from mad_distill.bench.augment import augment_images, create_augmentation
-
     policy = create_augmentation(kind)
 
     def views(raw: np.ndarray) -> np.ndarray:
