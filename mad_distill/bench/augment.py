@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mad_distill.data.augment import AUGMENTATIONS
+from mad_distill.data.augment import AUGMENTATIONS, create_augmentation
 
 #: the ``augment`` method option's fields and defaults
 AUGMENT_DEFAULTS: dict[str, Any] = {"kind": None, "labeled": False, "unlabeled": True}
@@ -32,10 +32,10 @@ def check_augment(value: Mapping[str, Any] | None, unlabeled: float) -> dict[str
     out = {**AUGMENT_DEFAULTS, **dict(value)}
     if out["kind"] is None:
         raise ValueError(f"augment.kind is required; known: {sorted(AUGMENTATIONS)}")
-    if out["kind"] not in AUGMENTATIONS:
-        raise ValueError(
-            f"augment.kind: unknown augmentation {out['kind']!r}; known: {sorted(AUGMENTATIONS)}"
-        )
+    try:
+        create_augmentation(out["kind"])
+    except ValueError as err:
+        raise ValueError(f"augment.kind: {err}") from None
     for name in ("labeled", "unlabeled"):
         if not isinstance(out[name], bool):
             raise ValueError(f"augment.{name} must be true or false, got {out[name]!r}")
