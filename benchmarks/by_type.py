@@ -8,8 +8,14 @@ seed count in brackets) and a row per teacher, a column per question type. For S
 teachers' rows are their ``holds/*`` accuracies; the students' are 3-way, which equals their
 holds accuracy wherever they make no entailment ↔ neutral errors (``snli_errors.py``).
 
+Distilling runs also record ``vs_teacher`` (the teacher's zero-shot answers on the same test
+items); ``--vs-teacher`` prints, per run, the student's and the teacher's accuracy, how often
+they give the same answer, and the points only the teacher / only the student scores (overall
+and per question type): how much of what the teacher knows the student took.
+
     python benchmarks/by_type.py                          # the committed diagnosis grids
     python benchmarks/by_type.py --domain textured benchmarks/results/<grid> ...
+    python benchmarks/by_type.py --vs-teacher             # the committed vs_teacher grids
 """
 
 from __future__ import annotations
@@ -29,33 +35,80 @@ DEFAULT_TEACHERS = (
     _ROOT / "teacher_zero_shot" / "world_clip.json",
     _ROOT / "teacher_zero_shot" / "world_clip_6000.json",
 )
+VS_TEACHER_GRIDS = (_ROOT / "world_vs_teacher", _ROOT / "world_vs_teacher_kl")
 _TASK_NAMES = {"vqa": "VQA", "snli_ve": "SNLI-VE", "vcr": "VCR Q→A"}
 
 
-def collect(grids, domain: str) -> dict[tuple[str, str, str, float], list[dict[str, float]]]:
-    """``{(task, grid, method, fraction): [{qtype: accuracy, "all": accuracy} per seed]}`` of
-    the runs that recorded ``by_type`` (others are skipped)."""
+def _runs(grids, field: str, domain: str):
+    """``((task, grid, method, fraction), run JSON)`` of every run of ``grids`` that recorded
+    ``field`` (others are skipped)."""
     grids = [Path(g) for g in grids]
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         # a grid read twice would count its seeds twice
         raise ValueError(f"two grids with the same name: {sorted(names)}")
-    out: dict[tuple[str, str, str, float], list[dict[str, float]]] = {}
     for grid in grids:
         runs = sorted((grid / "runs").glob("*.json"))
         if not runs:
             raise FileNotFoundError(f"no runs under {grid / 'runs'}")
         for path in runs:
             result = json.loads(path.read_text())
-            if "by_type" not in result:
+            if field not in result:
                 continue
-            if domain not in result["by_type"]:
-                raise KeyError(f"{path}: no test domain {domain!r} in by_type")
+            if domain not in result[field]:
+                raise KeyError(f"{path}: no test domain {domain!r} in {field}")
             run = result["run"]
-            key = (run["task"], grid.name, run["method"], float(run["fraction"]))
-            row = {**result["by_type"][domain], "all": result["metrics"][domain]}
-            out.setdefault(key, []).append(row)
+            yield (run["task"], grid.name, run["method"], float(run["fraction"])), result
+
+
+def collect(grids, domain: str) -> dict[tuple[str, str, str, float], list[dict[str, float]]]:
+    """``{(task, grid, method, fraction): [{qtype: accuracy, "all": accuracy} per seed]}`` of
+    the runs that recorded ``by_type`` (others are skipped)."""
+    out: dict[tuple[str, str, str, float], list[dict[str, float]]] = {}
+    for key, result in _runs(grids, "by_type", domain):
+        row = {**result["by_type"][domain], "all": result["metrics"][domain]}
+        out.setdefault(key, []).append(row)
     return out
+
+
+_VS_COLUMNS = ("student", "teacher", "agreement", "teacher_only", "student_only")
+
+
+def vs_teacher_tables(grids, domain: str) -> str:
+    """Per task, a row per grid × method × fraction (mean over seeds) of its runs'
+    ``vs_teacher``: the overall columns, then per question type "teacher only / student only"."""
+    rows: dict[tuple[str, str, str, float], list[dict]] = {}
+    for key, result in _runs(grids, "vs_teacher", domain):
+        rows.setdefault(key, []).append(result["vs_teacher"][domain])
+    lines = []
+    for task in _TASK_NAMES:
+        mine = {k: v for k, v in rows.items() if k[0] == task}
+        if not mine:
+            continue
+        qtypes = sorted({q for seeds in mine.values() for s in seeds for q in s["by_type"]})
+        level = " (holds)" if task == "snli_ve" else ""
+        lines += [
+            f"### {_TASK_NAMES[task]}, `{domain}` test items: student vs teacher{level}, %",
+            "",
+            "| who | fraction | student | teacher | same answer | teacher only | student only | "
+            + " | ".join(f"{q}: teacher / student only" for q in qtypes)
+            + " |",
+            "|---|---|" + "---|" * (len(_VS_COLUMNS) + len(qtypes)),
+        ]
+        for (_, grid, method, fraction), seeds in sorted(mine.items(), key=lambda kv: kv[0][3]):
+            cells = [f"{statistics.fmean(s[c] for s in seeds):.1f}" for c in _VS_COLUMNS]
+            for q in qtypes:
+                t, o = (
+                    statistics.fmean(s["by_type"][q][c] for s in seeds)
+                    for c in ("teacher_only", "student_only")
+                )
+                cells.append(f"{t:.1f} / {o:.1f}")
+            who = f"{grid}/{method} (n={len(seeds)})"
+            lines.append(f"| {who} | {fraction:.0%} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if not lines:
+        raise ValueError("no run recorded vs_teacher in the given grids")
+    return "\n".join(lines)
 
 
 def teacher_rows(paths, domain: str) -> dict[str, dict[str, dict[str, float]]]:
@@ -111,11 +164,17 @@ def tables(grids, teachers, domain: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("grids", nargs="*", default=[str(g) for g in DEFAULT_GRIDS])
+    p.add_argument("grids", nargs="*")
     p.add_argument("--teachers", nargs="*", default=[str(t) for t in DEFAULT_TEACHERS])
     p.add_argument("--domain", default="flat")
+    p.add_argument(
+        "--vs-teacher", action="store_true", help="the student against its teacher (vs_teacher)"
+    )
     args = p.parse_args(argv)
-    print(tables(args.grids, args.teachers, args.domain))
+    if args.vs_teacher:
+        print(vs_teacher_tables(args.grids or VS_TEACHER_GRIDS, args.domain))
+    else:
+        print(tables(args.grids or DEFAULT_GRIDS, args.teachers, args.domain))
 
 
 if __name__ == "__main__":

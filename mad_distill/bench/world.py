@@ -422,10 +422,14 @@ class TeacherFeatureStore:
     def _keys(batch, unlabeled: bool) -> list[str]:
         return [k + UNLABELED_SUFFIX for k in batch.mad.keys] if unlabeled else batch.mad.keys
 
-    def _compute(self, batch, raw: np.ndarray, unlabeled: bool) -> list[dict[str, Tensor]]:
-        """Every teacher output of one world batch with ``uint8 [B, H, W, 3]`` pixels."""
-        from mad_distill.data.world.datamodule import choice_texts
-        from mad_distill.data.world.zero_shot import group_logits, images_to_tensor
+    @torch.no_grad()
+    def zero_shot_classes(self, batch, raw: np.ndarray) -> Tensor:
+        """The CLIP teacher's zero-shot class logits ``[B, C]`` of one world batch with
+        ``uint8 [B, H, W, 3]`` pixels (as stored under ``zero_shot``; nothing is stored)."""
+        return self._zero_shot(batch, self._encode_image(raw))
+
+    def _encode_image(self, raw: np.ndarray) -> TeacherImageOutput:
+        from mad_distill.data.world.zero_shot import images_to_tensor
 
         clip = self.teachers["clip"]
         pp = getattr(clip.model.visual, "preprocess_cfg", {}) or {}
@@ -434,13 +438,25 @@ class TeacherFeatureStore:
             from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
             mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        return clip.encode_image(images_to_tensor(raw, mean, std).to(clip.device))
+
+    def _zero_shot(self, batch, image: TeacherImageOutput) -> Tensor:
+        from mad_distill.data.world.zero_shot import group_logits
+
         mad = batch.mad
-        images = images_to_tensor(raw, mean, std).to(clip.device)
-        image = clip.encode_image(images)
-        cand = clip.zero_shot_logits(image.pooled, mad.candidates).float().cpu()
+        cand = self.teachers["clip"].zero_shot_logits(image.pooled, mad.candidates).float().cpu()
         cls = group_logits(cand, mad.extra["candidate_groups"], self.num_classes)
         floor = cand.min(dim=1, keepdim=True).values - 1e3
-        cls = torch.where(torch.isfinite(cls), cls, floor.expand_as(cls))
+        return torch.where(torch.isfinite(cls), cls, floor.expand_as(cls))
+
+    def _compute(self, batch, raw: np.ndarray, unlabeled: bool) -> list[dict[str, Tensor]]:
+        """Every teacher output of one world batch with ``uint8 [B, H, W, 3]`` pixels."""
+        from mad_distill.data.world.datamodule import choice_texts
+
+        clip = self.teachers["clip"]
+        mad = batch.mad
+        image = self._encode_image(raw)
+        cls = self._zero_shot(batch, image)
         texts = list(mad.texts)
         if unlabeled and batch.choices is not None:
             texts = choice_texts(batch.texts, batch.choices, cls.argmax(-1))
@@ -583,6 +599,8 @@ def _store_for(teachers, n_cls: int, opts, task: str, vcr_mode: str, train_ds, u
 # ----------------------------------------------------------------------------- unlabelled inputs
 #: store-key suffix of an item used as an unlabelled input (its teacher text may differ)
 UNLABELED_SUFFIX = "#unlabeled"
+#: run JSON ``vs_teacher`` key of the distilled (unlabelled pool) items, beside the test domains
+DISTILLED_ITEMS = "distilled"
 #: store-key suffix of an augmented view of an item (its teacher outputs live one step)
 VIEW_SUFFIX = "#view"
 
@@ -760,6 +778,8 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         self._correct: dict[int, list[float]] = {}
         self._pairs: dict[int, list[list[int]]] = {}  # SNLI-VE test items: [true, predicted]
         self._qtypes: dict[int, list[str]] = {}  # question type per test item
+        # distilling runs: [student score, teacher score, same answer] per test item
+        self._vs_teacher: dict[int, list[list[float]]] = {}
 
     # ---------------------------------------------------------------- MAD override point
     def mad_teacher_outputs(self, batch: MADBatch, required: frozenset[str]) -> MADTeacherOutputs:
@@ -846,6 +866,44 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         if self.task == "snli_ve":
             pairs = torch.stack([batch.labels, pred], 1).tolist()
             self._pairs.setdefault(dataloader_idx, []).extend(pairs)
+        if self.store is not None:
+            self._record_vs_teacher(pred, batch, dataloader_idx)
+
+    def _record_vs_teacher(self, pred: Tensor, batch, dataloader_idx: int) -> None:
+        """The teacher's zero-shot prediction on the same test items, scored like the
+        student's; with ``class_groups`` both are scored by group (SNLI-VE: does the
+        hypothesis hold), the judgement the teacher distils."""
+        raw = to_uint8(batch.images.cpu()).permute(0, 2, 3, 1).contiguous().numpy()
+        t_logits = self.store.zero_shot_classes(batch, raw).to(pred.device)
+        t_pred = self._mad_teacher_argmax(t_logits)
+        groups = self.mad_config.class_groups
+        if groups is None:
+            s_score, t_score = self._score(pred, batch), self._score(t_pred, batch)
+            agree = pred == t_pred
+        else:
+            g = torch.tensor(groups, device=pred.device)
+            truth = g[batch.labels.to(pred.device)]
+            s_score, t_score = (g[pred] == truth).float(), (g[t_pred] == truth).float()
+            agree = g[pred] == g[t_pred]
+        rows = torch.stack([s_score.float().cpu(), t_score.float().cpu(), agree.float().cpu()], 1)
+        self._vs_teacher.setdefault(dataloader_idx, []).extend(rows.tolist())
+
+    def vs_teacher(self) -> dict[int, dict[str, Any]]:
+        """Distilling runs: the student against its teacher's zero-shot answers on the test
+        items, per test dataloader, in % of the items: ``student`` and ``teacher`` accuracy,
+        ``agreement`` (same answer: the distillation's fidelity), ``teacher_only`` (points the
+        teacher scores and the student does not) and ``student_only`` (the reverse), so
+        ``student = teacher - teacher_only + student_only``; the same per question type under
+        ``by_type``. With ``class_groups`` all of it is at the group level."""
+        out = {}
+        for i, rows in self._vs_teacher.items():
+            arr = np.array(rows, dtype=np.float64)
+            qtypes = np.array(self._qtypes[i])
+            out[i] = _vs_teacher_summary(arr)
+            out[i]["by_type"] = {
+                q: _vs_teacher_summary(arr[qtypes == q]) for q in sorted(set(qtypes))
+            }
+        return out
 
     def accuracies(self) -> dict[int, float]:
         """Accuracy in percent per test dataloader (VQA: mean soft score of the prediction)."""
@@ -881,6 +939,19 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         warmup = int(self.warmup_frac * total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _vs_teacher_summary(rows: np.ndarray) -> dict[str, float]:
+    """``rows [n, 3]`` of (student score, teacher score, same answer) -> the % of
+    :meth:`WorldTaskModule.vs_teacher`."""
+    s, t, agree = rows.T
+    return {
+        "student": 100.0 * float(s.mean()),
+        "teacher": 100.0 * float(t.mean()),
+        "agreement": 100.0 * float(agree.mean()),
+        "teacher_only": 100.0 * float(np.clip(t - s, 0, None).mean()),
+        "student_only": 100.0 * float(np.clip(s - t, 0, None).mean()),
+    }
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -1052,9 +1123,24 @@ def run_world(run, bench) -> dict:
             )
         trainer.fit(module, train_dataloaders=loader)
         t_fit = time.perf_counter() - t0 - t_teacher
+        eval_ds = list(test_ds)
+        if store is not None and unlabeled_ds is not None:
+            # how closely the student follows its teacher on items it was distilled on, beside
+            # the test items: the first test_size items of the unlabelled pool
+            idx = _train_indices(
+                world_task,
+                float(unlabeled),
+                int(run.seed),
+                opts["pool_size"],
+                opts["world_seed"],
+                vcr_mode,
+            )[: opts["test_size"]]
+            eval_ds.append(
+                _dataset(world_task, bench.train_domain, "train", idx, opts["world_seed"], vcr_mode)
+            )
         trainer.test(
             module,
-            dataloaders=[_loader(ds, 256, False, 0) for ds in test_ds],
+            dataloaders=[_loader(ds, 256, False, 0) for ds in eval_ds],
             verbose=False,
         )
     acc = module.accuracies()
@@ -1062,6 +1148,9 @@ def run_world(run, bench) -> dict:
     extra = {}
     if confusion := module.confusions():
         extra["confusion"] = {d: confusion[i] for i, d in enumerate(bench.test_domains)}
+    if vs_teacher := module.vs_teacher():
+        names = [*bench.test_domains, DISTILLED_ITEMS][: len(vs_teacher)]
+        extra["vs_teacher"] = {d: _round_nested(vs_teacher[i], 3) for i, d in enumerate(names)}
     return {
         **extra,
         "metrics": {d: round(acc[i], 3) for i, d in enumerate(bench.test_domains)},
@@ -1083,6 +1172,12 @@ def run_world(run, bench) -> dict:
             "cpu_s": round(time.process_time() - cpu0, 2),
         },
     }
+
+
+def _round_nested(value: Any, digits: int) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _round_nested(v, digits) for k, v in value.items()}
+    return round(value, digits)
 
 
 def method_for_task(method_cfg: Mapping[str, Any] | None, task: str) -> Any:

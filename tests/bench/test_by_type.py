@@ -69,3 +69,37 @@ def test_bad_input_is_named(bt, tmp_path):
     stale.write_text(json.dumps({"snli_ve": {"flat": {"holds": 80.0, "type/size": 40.0}}}))
     with pytest.raises(KeyError, match="no holds/<qtype>"):
         bt.teacher_rows([stale], "flat")
+
+
+def _vs(student, teacher, agreement, t_only, s_only):
+    return dict(
+        student=student,
+        teacher=teacher,
+        agreement=agreement,
+        teacher_only=t_only,
+        student_only=s_only,
+    )
+
+
+def test_vs_teacher_averages_seeds_overall_and_per_type(bt, tmp_path):
+    runs = tmp_path / "vs" / "runs"
+    runs.mkdir(parents=True)
+    for seed, agree in ((0, 70.0), (1, 80.0)):
+        colour = _vs(60.0, 90.0, agree, 30.0 + seed, 0.0)
+        result = {
+            "run": {"task": "snli_ve", "method": "MAD", "fraction": 0.05, "seed": seed},
+            "metrics": {"flat": 1.0},
+            "vs_teacher": {
+                "flat": {**_vs(70.0, 80.0, agree, 15.0, 5.0), "by_type": {"colour": colour}}
+            },
+        }
+        (runs / f"snli_ve__MAD__frac0.05__seed{seed}.json").write_text(json.dumps(result))
+    table = bt.vs_teacher_tables(
+        [tmp_path / "vs", _grid(tmp_path)], "flat"
+    )  # no vs_teacher: skipped
+    assert "SNLI-VE, `flat` test items: student vs teacher (holds)" in table
+    assert "| vs/MAD (n=2) | 5% | 70.0 | 80.0 | 75.0 | 15.0 | 5.0 | 30.5 / 0.0 |" in table
+    with pytest.raises(ValueError, match="no run recorded vs_teacher"):
+        bt.vs_teacher_tables([_grid(tmp_path, "other")], "flat")
+    with pytest.raises(KeyError, match="no test domain 'sketch' in vs_teacher"):
+        bt.vs_teacher_tables([tmp_path / "vs"], "sketch")

@@ -661,3 +661,39 @@ def test_training_on_augmented_views(tmp_path, world_clip_spec, monkeypatch):
     again = run_world(RunSpec("vcr", "MAD-U-aug", 0.002, 0), bench)
     assert again["metrics"] == out["MAD-U-aug"]["metrics"]
     assert torch.equal(trained[-1], weights["MAD-U-aug"])
+
+
+@pytest.mark.parametrize("task", ["vqa", "snli_ve"])
+def test_distilling_runs_record_the_student_against_its_teacher(tmp_path, world_clip_spec, task):
+    from mad_distill.data.world.zero_shot import zero_shot_accuracy
+
+    method = {"select": {"ratio": 0.3}}
+    if task == "snli_ve":
+        method["class_groups"] = {"snli_ve": [0, 0, 1]}
+    else:  # distilling on unlabelled items: the first test_size of them are compared too
+        method["unlabeled"] = 0.01
+    bench = _bench(tmp_path, world_clip_spec, tasks=[task], methods={"MAD": method})
+    out = run_world(RunSpec(task, "MAD", 0.002, 0), bench)
+    extra = {"distilled"} if task == "vqa" else set()
+    assert set(out["vs_teacher"]) == set(out["metrics"]) | extra
+    if task == "vqa":
+        pool = out["vs_teacher"]["distilled"]
+        assert pool["student"] == pytest.approx(
+            pool["teacher"] - pool["teacher_only"] + pool["student_only"], abs=1e-2
+        )
+    teacher = _teachers(world_clip_spec, None)["clip"]
+    for domain, acc in out["metrics"].items():
+        got = out["vs_teacher"][domain]
+        # the teacher's column is its zero-shot accuracy on the same test items, computed apart
+        zs = zero_shot_accuracy(teacher.model, teacher.tokenizer, task, domain, n=TINY["test_size"])
+        want = zs["holds" if task == "snli_ve" else "accuracy"]
+        assert got["teacher"] == pytest.approx(want, abs=1e-2)  # JSON keeps 3 decimals
+        if task == "vqa":  # no class groups: the student's column is its accuracy
+            assert got["student"] == pytest.approx(acc, abs=1e-2)
+        for row in [got, *got["by_type"].values()]:
+            gap = row["teacher"] - row["teacher_only"] + row["student_only"]
+            assert row["student"] == pytest.approx(gap, abs=1e-2)
+            assert 0 <= row["agreement"] <= 100
+    # baselines have no teacher to compare with
+    base = run_world(RunSpec(task, "baseline", 0.002, 0), _bench(tmp_path, world_clip_spec))
+    assert "vs_teacher" not in base
