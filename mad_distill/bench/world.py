@@ -358,6 +358,12 @@ def _loader(ds, batch_size: int, shuffle: bool, seed: int) -> torch.utils.data.D
 
 
 # ----------------------------------------------------------------------------- teacher cache
+def _raw_pixels(images: Tensor) -> np.ndarray:
+    """``[B, 3, H, W]`` pixels in ``[0, 1]`` as the ``uint8 [B, H, W, 3]`` the world renders
+    (exact for rendered images)."""
+    return to_uint8(images.cpu()).permute(0, 2, 3, 1).contiguous().numpy()
+
+
 class TeacherFeatureStore:
     """Per-item teacher outputs, computed once and served by ``MADBatch.keys``.
 
@@ -414,8 +420,7 @@ class TeacherFeatureStore:
         and serve them until the next call; they are never stored."""
         self._views = {}
         for batch, unlabeled in batches:
-            raw = to_uint8(batch.images).permute(0, 2, 3, 1).contiguous().numpy()
-            items = self._compute(batch, raw, unlabeled)
+            items = self._compute(batch, _raw_pixels(batch.images), unlabeled)
             self._views.update(zip(self._keys(batch, unlabeled), items))
 
     @staticmethod
@@ -423,10 +428,10 @@ class TeacherFeatureStore:
         return [k + UNLABELED_SUFFIX for k in batch.mad.keys] if unlabeled else batch.mad.keys
 
     @torch.no_grad()
-    def zero_shot_classes(self, batch, raw: np.ndarray) -> Tensor:
-        """The CLIP teacher's zero-shot class logits ``[B, C]`` of one world batch with
-        ``uint8 [B, H, W, 3]`` pixels (as stored under ``zero_shot``; nothing is stored)."""
-        return self._zero_shot(batch, self._encode_image(raw))
+    def zero_shot_classes(self, batch) -> Tensor:
+        """The CLIP teacher's zero-shot class logits ``[B, C]`` of one world batch, from its
+        ``images`` (as stored under ``zero_shot``; nothing is stored)."""
+        return self._zero_shot(batch, self._encode_image(_raw_pixels(batch.images)))
 
     def _encode_image(self, raw: np.ndarray) -> TeacherImageOutput:
         from mad_distill.data.world.zero_shot import images_to_tensor
@@ -873,8 +878,7 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         """The teacher's zero-shot prediction on the same test items, scored like the
         student's; with ``class_groups`` both are scored by group (SNLI-VE: does the
         hypothesis hold), the judgement the teacher distils."""
-        raw = to_uint8(batch.images.cpu()).permute(0, 2, 3, 1).contiguous().numpy()
-        t_logits = self.store.zero_shot_classes(batch, raw).to(pred.device)
+        t_logits = self.store.zero_shot_classes(batch).to(pred.device)
         t_pred = self._mad_teacher_argmax(t_logits)
         groups = self.mad_config.class_groups
         if groups is None:
@@ -883,9 +887,9 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         else:
             g = torch.tensor(groups, device=pred.device)
             truth = g[batch.labels.to(pred.device)]
-            s_score, t_score = (g[pred] == truth).float(), (g[t_pred] == truth).float()
+            s_score, t_score = g[pred] == truth, g[t_pred] == truth
             agree = g[pred] == g[t_pred]
-        rows = torch.stack([s_score.float().cpu(), t_score.float().cpu(), agree.float().cpu()], 1)
+        rows = torch.stack([s_score.float(), t_score.float(), agree.float()], 1).cpu()
         self._vs_teacher.setdefault(dataloader_idx, []).extend(rows.tolist())
 
     def vs_teacher(self) -> dict[int, dict[str, Any]]:
@@ -898,10 +902,10 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         out = {}
         for i, rows in self._vs_teacher.items():
             arr = np.array(rows, dtype=np.float64)
-            qtypes = np.array(self._qtypes[i])
-            out[i] = _vs_teacher_summary(arr)
-            out[i]["by_type"] = {
-                q: _vs_teacher_summary(arr[qtypes == q]) for q in sorted(set(qtypes))
+            by_type = _split_by_type(arr, self._qtypes[i])
+            out[i] = {
+                **_vs_teacher_summary(arr),
+                "by_type": {q: _vs_teacher_summary(v) for q, v in by_type.items()},
             }
         return out
 
@@ -913,12 +917,13 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         """Accuracy in percent per question type (``colour``, ``count``, ...) per test
         dataloader: where a student's errors sit, beside the teacher's ``type/*`` zero-shot
         accuracies (:func:`~mad_distill.data.world.zero_shot.zero_shot_accuracy`)."""
-        out = {}
-        for i, correct in self._correct.items():
-            qtypes = np.array(self._qtypes[i])
-            correct = np.array(correct)
-            out[i] = {q: 100.0 * float(correct[qtypes == q].mean()) for q in sorted(set(qtypes))}
-        return out
+        return {
+            i: {
+                q: 100.0 * float(v.mean())
+                for q, v in _split_by_type(np.array(correct), self._qtypes[i]).items()
+            }
+            for i, correct in self._correct.items()
+        }
 
     def confusions(self) -> dict[int, list[list[int]]]:
         """SNLI-VE only: the confusion matrix per test dataloader, ``[true][predicted]`` counts
@@ -939,6 +944,12 @@ class WorldTaskModule(MADMixin, L.LightningModule):
         warmup = int(self.warmup_frac * total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _split_by_type(values: np.ndarray, qtypes: Sequence[str]) -> dict[str, np.ndarray]:
+    """The rows of ``values`` (one per test item) per question type, types sorted."""
+    qtypes = np.array(qtypes)
+    return {q: values[qtypes == q] for q in sorted(set(qtypes))}
 
 
 def _vs_teacher_summary(rows: np.ndarray) -> dict[str, float]:
