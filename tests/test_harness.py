@@ -115,3 +115,44 @@ def test_from_yaml_errors(tmp_path):
         BenchConfig.from_yaml(p)
     p.write_text(yaml.safe_dump({"tasks": ["vqa"], "seeds": [0]}))
     assert BenchConfig.from_yaml(p).tasks == ["vqa"]
+
+
+def test_every_run_is_checked_before_any_starts(tmp_path):
+    # the world runner's check_run: a bad field in the last method fails before the first run
+    bench = _bench(tmp_path, methods={"baseline": None, "mad": {"selct": {"ratio": 0.3}}})
+    calls: list = []
+    with pytest.raises(ValueError, match=r"vqa/mad/frac0.01/seed0: .*unknown field.*selct"):
+        harness.run_bench(bench, runner=_fake_runner(calls), log=lambda s: None)
+    assert calls == []
+    with pytest.raises(ValueError, match=r"gqa/baseline/frac0.01/seed0: task: unknown world task"):
+        harness.run_bench(
+            _bench(tmp_path, tasks=["gqa"]), runner=_fake_runner(calls), log=lambda s: None
+        )
+    assert calls == []
+
+
+def test_a_registered_runner_checks_runs(tmp_path, monkeypatch):
+    checked: list = []
+
+    def check(run: RunSpec, bench: BenchConfig) -> None:
+        checked.append(run.key)
+        if run.method == "mad" and run.seed == 2:
+            raise ValueError("seed 2 is bad")
+
+    runner = _fake_runner([])
+    runner.check_run = check  # type: ignore[attr-defined]
+    monkeypatch.setitem(harness.RUNNERS, "fake", runner)
+    calls: list = []
+    with pytest.raises(ValueError, match="vqa/mad/frac0.01/seed2: seed 2 is bad"):
+        harness.run_bench(
+            _bench(tmp_path, dataset="fake"), runner=_fake_runner(calls), log=lambda s: None
+        )
+    assert calls == [] and len(checked) == 6  # stops at the first bad run
+    # runs already finished are not checked again: they are skipped anyway
+    monkeypatch.setattr(runner, "check_run", lambda run, bench: checked.append(run.key))
+    checked.clear()
+    harness.run_bench(_bench(tmp_path, dataset="fake", seeds=[0]), runner=_fake_runner(calls))
+    assert len(checked) == len(calls) == 8
+    checked.clear()
+    harness.run_bench(_bench(tmp_path, dataset="fake", seeds=[0]), runner=_fake_runner(calls))
+    assert checked == []

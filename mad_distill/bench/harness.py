@@ -40,7 +40,10 @@ from mad_distill._io import atomic_write_text
 
 #: dataset name -> "module:function" of its runner; a runner trains and evaluates one run:
 #: ``runner(run: RunSpec, bench: BenchConfig) -> dict`` returning at least
-#: ``{"metrics": {test_domain: accuracy_in_percent}}``.
+#: ``{"metrics": {test_domain: accuracy_in_percent}}``. Optional attributes of a runner:
+#: ``resolve_train`` / ``resolve_method`` (what a run's fingerprint hashes, see
+#: :func:`run_fingerprint`) and ``check_run(run, bench)`` (raises ``ValueError`` on a bad field;
+#: :func:`run_bench` calls it on every run before it starts any).
 RUNNERS: dict[str, str] = {
     "world": "mad_distill.bench.world:run_world",
 }
@@ -242,6 +245,15 @@ def run_bench(
             results[i] = done
         else:
             todo.append((i, run, fp))
+
+    check = getattr(registered, "check_run", None)
+    if check is not None:
+        # every run's configuration first: a bad field must not wait for the runs before it
+        for _, run, _ in todo:
+            try:
+                check(run, bench)
+            except ValueError as err:
+                raise ValueError(f"{run.key}: {err}") from None
 
     def finish(i: int, run: RunSpec, fp: str, out: dict, seconds: float) -> None:
         if "metrics" not in out or not isinstance(out["metrics"], dict):

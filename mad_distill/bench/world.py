@@ -1022,18 +1022,10 @@ def _file_identities(opts: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def run_world(run, bench) -> dict:
-    """Finetune and test one run of a bench on the embedded world.
-
-    Args:
-        run: the :class:`~mad_distill.bench.harness.RunSpec` (task, method, fraction, seed).
-        bench: the :class:`~mad_distill.bench.harness.BenchConfig` (domains, methods, train).
-
-    Returns:
-        ``{"metrics": {test_domain: accuracy %}, "train_size", "steps", "teacher", ...}``.
-    """
+def _run_options(run, bench) -> tuple[str, str, Any, dict[str, Any], dict[str, Any]]:
+    """``(world task, VCR mode, method config for the run's task, its method options, train
+    options)`` of one run; a bad field raises ``ValueError`` naming it."""
     from mad_distill.data.world.render import check_domain
-    from mad_distill.data.world.tasks import num_classes
 
     world_task, vcr_mode = check_task(run.task)
     check_domain(bench.train_domain)
@@ -1049,6 +1041,32 @@ def run_world(run, bench) -> dict:
         if not method_opts["train"]:
             raise
         raise ValueError(f"method {run.method!r} train: {err}") from None
+    return world_task, vcr_mode, method_cfg, method_opts, opts
+
+
+def check_run(run, bench) -> None:
+    """Check one run's configuration without running it: what :func:`run_world` would reject
+    first (task, domains, method and train options, the MAD config). The harness checks every
+    run of a bench this way before it starts any, so a bad field in the last method of a grid
+    fails in seconds, not after hours of runs."""
+    _, _, method_cfg, method_opts, opts = _run_options(run, bench)
+    if method_cfg is not None and method_opts["distill"]:
+        mad_config_for(method_cfg, opts, run.task)
+
+
+def run_world(run, bench) -> dict:
+    """Finetune and test one run of a bench on the embedded world.
+
+    Args:
+        run: the :class:`~mad_distill.bench.harness.RunSpec` (task, method, fraction, seed).
+        bench: the :class:`~mad_distill.bench.harness.BenchConfig` (domains, methods, train).
+
+    Returns:
+        ``{"metrics": {test_domain: accuracy %}, "train_size", "steps", "teacher", ...}``.
+    """
+    from mad_distill.data.world.tasks import num_classes
+
+    world_task, vcr_mode, method_cfg, method_opts, opts = _run_options(run, bench)
     if RUNTIME["threads"]:
         torch.set_num_threads(int(RUNTIME["threads"]))
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -1229,10 +1247,13 @@ def resolve_method(method_cfg: Mapping[str, Any] | None, task: str) -> Any:
 # and the part of each method that applies to the run's task
 run_world.resolve_train = resolve_train  # type: ignore[attr-defined]
 run_world.resolve_method = resolve_method  # type: ignore[attr-defined]
+# ... and checks every run's configuration before it starts any
+run_world.check_run = check_run  # type: ignore[attr-defined]
 
 __all__ = [
     "TASK_VARIANTS",
     "TRAIN_DEFAULTS",
+    "check_run",
     "TeacherFeatureStore",
     "WorldTaskModule",
     "clear_caches",

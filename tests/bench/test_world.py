@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from mad_distill.bench.world import (
     WorldTaskModule,
     _dataset,
     _teachers,
+    check_run,
     clear_caches,
     mad_config_for,
     run_world,
@@ -697,3 +699,29 @@ def test_distilling_runs_record_the_student_against_its_teacher(tmp_path, world_
     # baselines have no teacher to compare with
     base = run_world(RunSpec(task, "baseline", 0.002, 0), _bench(tmp_path, world_clip_spec))
     assert "vs_teacher" not in base
+
+
+# ----------------------------------------------------------------------------- shipped grids
+@pytest.mark.parametrize(
+    "config",
+    sorted((Path(__file__).parents[2] / "benchmarks").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+def test_shipped_grids_pass_the_run_check(config):
+    # every grid in benchmarks/ is one a user can rerun: each of its runs passes check_run
+    bench = BenchConfig.from_yaml(config)
+    runs = harness.expand_grid(bench)
+    assert runs
+    for run in runs:
+        check_run(run, bench)
+    assert bench.out_dir.startswith("benchmarks/results/")
+
+
+def test_check_run_names_the_bad_field(tmp_path):
+    bench = _bench(tmp_path, "world-clip", methods={"baseline": None, "mad": {"kl": {"tau": -1.0}}})
+    with pytest.raises(ValueError, match="tau"):
+        check_run(RunSpec("vqa", "mad", 0.01, 0), bench)
+    bench = _bench(tmp_path, "world-clip", methods={"baseline": None, "mad": {"train": {"lr": -1}}})
+    with pytest.raises(ValueError, match=r"method 'mad' train: train.lr"):
+        check_run(RunSpec("vqa", "mad", 0.01, 0), bench)
+    check_run(RunSpec("vqa", "baseline", 0.01, 0), bench)
