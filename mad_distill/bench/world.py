@@ -1253,9 +1253,9 @@ run_world.check_run = check_run  # type: ignore[attr-defined]
 __all__ = [
     "TASK_VARIANTS",
     "TRAIN_DEFAULTS",
-    "check_run",
     "TeacherFeatureStore",
     "WorldTaskModule",
+    "check_run",
     "clear_caches",
     "mad_config_for",
     "method_for_task",
