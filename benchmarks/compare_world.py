@@ -18,6 +18,13 @@ single seed is not compared with a mean; a baseline with fewer seeds above that 
 beside it). A maximum over many settings: it says which setting reaches a cell, not that one
 setting reaches them all.
 
+``--fresh``: the settings ``--best`` picked, on fresh seeds. A best of many settings on seeds 0-2
+flatters itself; the ``world_seeds_*`` grids (:data:`FRESH`) rerun the picked settings and every
+baseline on seeds 3 and 4, each method with the same settings as in the grid it comes from
+(checked: :func:`~mad_distill.bench.world.run_settings` of both are equal, else an error). Per
+cell: each setting on seeds 0-2, on 3-4 and on all five; the baseline and the distilling
+setting picked on seeds 0-2 and their margin on each; and the best of each over all five seeds.
+
 ``--probe GRID``: each distilling method of a probe grid (its cells only) against the best of
 the status baselines and the grid's own ``baseline*`` methods (e.g. a baseline trained for as
 many steps as the probe's methods), with the same +5 / 3-seed rule.
@@ -26,6 +33,7 @@ many steps as the probe's methods), with the same +5 / 3-seed rule.
     python benchmarks/compare_world.py --status
     python benchmarks/compare_world.py --probe benchmarks/results/world_probe_kl/table.json
     python benchmarks/compare_world.py --best
+    python benchmarks/compare_world.py --fresh
 """
 
 from __future__ import annotations
@@ -34,7 +42,43 @@ import argparse
 import json
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent / "results"
+_BENCH = Path(__file__).resolve().parent
+_ROOT = _BENCH / "results"
+#: the fresh-seed grids (``benchmarks/<name>.yaml``) -> {method: the grid it comes from}
+FRESH: dict[str, dict[str, str]] = {
+    "world_seeds_vqa1": {
+        "baseline-augmix": "world_augment_seeds",
+        "baseline-randaugment": "world_policy_baselines",
+        "baseline-trivialaugment": "world_policy_baselines",
+        "KL-augmix": "world_probe_kl",
+        "MAD-U-tap0-randaugment": "world_policy_mad_rand_vqa",
+    },
+    "world_seeds_vqa5": {
+        "baseline-augmix": "world_augment_seeds",
+        "baseline-randaugment": "world_policy_baselines",
+        "baseline-trivialaugment": "world_policy_baselines",
+        "KL-pool-auglab-tau1.25": "world_probe_kl_tau125_seeds",
+    },
+    "world_seeds_snli": {
+        "baseline": "world_lowshot",
+        "baseline-augmix": "world_augment_seeds",
+        "baseline-randaugment": "world_policy_baselines",
+        "baseline-trivialaugment": "world_policy_baselines",
+        "MAD-U-augmix-all": "world_augment_seeds",
+        "MAD-U-tap0-trivialaugment": "world_policy_mad",
+    },
+    "world_seeds_snli_rand": {
+        "baseline-randaugment": "world_policy_baselines",
+        "MAD-U-tap0-randaugment": "world_policy_mad_rand",
+    },
+    "world_seeds_vcr1": {
+        "baseline": "world_lowshot",
+        "baseline-augmix": "world_augment_seeds",
+        "baseline-randaugment": "world_policy_baselines",
+        "baseline-trivialaugment": "world_policy_baselines",
+        "MAD-U-tap0-augmix": "world_probe_tap_grid_seeds",
+    },
+}
 _NAMES = {"vqa": "VQA", "snli_ve": "SNLI-VE", "vcr": "VCR Q→A"}
 #: the issue's bars: low-shot gain over the baseline, and the allowed loss at 100 %
 LOWSHOT_GAIN, FULL_LOSS = 5.0, -1.0
@@ -232,6 +276,119 @@ def best(grids: dict[str, Cells]) -> tuple[list[str], dict]:
     return lines, met
 
 
+Seeds = dict[int, float]
+
+
+def _seed_values(bench, task: str, method: str, frac: float, domain: str) -> Seeds:
+    """``{seed: accuracy}`` of the finished runs of one method of a grid, on one test domain."""
+    from mad_distill.bench.harness import RunSpec, _run_path
+
+    out = {}
+    for seed in bench.seeds:
+        path = _run_path(_BENCH.parent / bench.out_dir, RunSpec(task, method, frac, seed))
+        if path.is_file():
+            out[int(seed)] = json.loads(path.read_text())["metrics"][domain]
+    return out
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count, as the harness' tables."""
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return mean, std, n
+
+
+def fresh_seeds(
+    fresh: dict[str, dict[str, str]] | None = None, bench_dir: Path = _BENCH
+) -> tuple[list[str], dict]:
+    """The ``--fresh`` tables (Markdown lines) and ``{"all seeds": [met, complete cells]}``."""
+    from mad_distill.bench.harness import BenchConfig, RunSpec
+    from mad_distill.bench.world import run_settings
+
+    fresh = FRESH if fresh is None else fresh
+    # (task, fraction, domain) -> {setting name: (is baseline, old seeds, fresh seeds)}
+    cells: dict[tuple[str, float, str], dict[str, tuple[bool, Seeds, Seeds]]] = {}
+    for grid, sources in fresh.items():
+        new = BenchConfig.from_yaml(bench_dir / f"{grid}.yaml")
+        for method, source in sources.items():
+            old = BenchConfig.from_yaml(bench_dir / f"{source}.yaml")
+            for task in new.tasks:
+                for frac in new.fractions:
+                    a = run_settings(RunSpec(task, method, frac, 0), new)
+                    b = run_settings(RunSpec(task, method, frac, 0), old)
+                    if a != b:
+                        diff = sorted(k for k in a if a[k] != b[k])
+                        raise ValueError(
+                            f"{grid}/{method} is not {source}/{method} ({task}, {frac:g}): "
+                            f"{diff} differ"
+                        )
+                    for dom in new.test_domains:
+                        name = f"{source}/{method}"
+                        theirs = _seed_values(old, task, method, frac, dom)
+                        _, _, ours = cells.setdefault((task, frac, dom), {}).setdefault(
+                            name, (method.startswith("baseline"), theirs, {})
+                        )
+                        for seed, value in _seed_values(new, task, method, frac, dom).items():
+                            if seed in theirs:
+                                raise ValueError(f"{grid}/{method}: seed {seed} also in {source}")
+                            if seed in ours and ours[seed] != value:
+                                # the same setting and seed in two fresh grids: a rerun, so equal
+                                raise ValueError(
+                                    f"{name} seed {seed} ({task}, {frac:g}, {dom}) differs "
+                                    f"between two fresh grids: {ours[seed]} vs {value}"
+                                )
+                            ours[seed] = value
+    head = ["task", "fraction", "test domain", "setting", "seeds 0-2", "fresh seeds", "all"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in _order(cells):
+        for name, (_, old, new) in cells[cell].items():
+            row = [_NAMES[cell[0]], f"{cell[1] * 100:g} %", cell[2], name]
+            row += [_fmt(_stats(list(v.values()))) if v else "–" for v in (old, new)]
+            row.append(_fmt(_stats([*old.values(), *new.values()])) if old or new else "–")
+            lines.append("| " + " | ".join(row) + " |")
+    head = ["task", "fraction", "test domain", "best on seeds 0-2: baseline / distilling"]
+    head += ["− baseline, seeds 0-2", "− baseline, fresh seeds"]
+    head += ["best on all seeds: baseline / distilling", "− baseline, all seeds"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    key = "all seeds"
+    met = {key: [0, 0]}
+    for cell in _order(cells):
+        found = cells[cell]
+
+        def top(baseline: bool, seeds: str, found=found) -> tuple[str, dict] | None:
+            """The baseline / distilling setting with the highest mean on ``seeds``
+            (``old``, ``fresh``, ``all``) and its stats on each."""
+            best = None
+            for name, (is_base, old, new) in found.items():
+                if is_base != baseline or len(old) < 3:
+                    continue
+                vals = {"old": list(old.values()), "fresh": list(new.values())}
+                vals["all"] = vals["old"] + vals["fresh"]
+                stats = {k: _stats(v) if v else None for k, v in vals.items()}
+                if stats[seeds] is not None and (best is None or stats[seeds] > best[1][seeds]):
+                    best = (name, stats)
+            return best
+
+        base, dist = top(True, "old"), top(False, "old")
+        if base is None or dist is None:
+            continue
+        row = [_NAMES[cell[0]], f"{cell[1] * 100:g} %", cell[2], f"{base[0]} / {dist[0]}"]
+        row.append(f"{dist[1]['old'][0] - base[1]['old'][0]:+.1f}")
+        fb, fd = base[1]["fresh"], dist[1]["fresh"]
+        row.append("–" if fb is None or fd is None else f"{fd[0] - fb[0]:+.1f} (n={fd[2]})")
+        # read on all seeds only once every setting of the cell has its fresh seeds
+        counts = {len(old) + len(new) for _, old, new in found.values()}
+        if len(counts) != 1 or min(counts) < 5:
+            row += ["– (fresh seeds missing)", "–"]
+        else:
+            base5, dist5 = top(True, "all"), top(False, "all")
+            row.append(f"{_fmt(base5[1]['all'])} {base5[0]} / {_fmt(dist5[1]['all'])} {dist5[0]}")
+            row.append(_tally(met, key, dist5[1]["all"], base5[1]["all"]))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines, met
+
+
 def _print_table(lines: list[str], met: dict) -> None:
     print("\n".join(lines))
     print()
@@ -271,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the best setting per cell over these grids' table.json (none named: every "
         "results/world*/table.json)",
     )
+    p.add_argument("--fresh", action="store_true", help="the picked settings on fresh seeds")
     args = p.parse_args(argv)
+    if args.fresh:
+        _print_table(*fresh_seeds())
+        return 0
     if args.best is not None:
         paths = args.best or sorted(_ROOT.glob("world*/table.json"))
         grids: dict[str, Cells] = {}

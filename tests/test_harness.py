@@ -117,6 +117,48 @@ def test_from_yaml_errors(tmp_path):
     assert BenchConfig.from_yaml(p).tasks == ["vqa"]
 
 
+def test_overrides_set_dotted_fields(tmp_path):
+    p = tmp_path / "b.yaml"
+    p.write_text(
+        yaml.safe_dump(
+            {"tasks": ["vqa"], "methods": {"baseline": None, "MAD": {"kl": {"tau": 2.0}}}}
+        )
+    )
+    bench = BenchConfig.from_yaml(
+        p, ["train.accelerator=cuda", "seeds=[3, 4]", "methods.MAD.kl.tau=1.5", "fractions=[1]"]
+    )
+    assert bench.train == {"accelerator": "cuda"}  # a missing mapping is made
+    assert bench.seeds == [3, 4] and bench.fractions == [1]
+    assert bench.methods["MAD"] == {"kl": {"tau": 1.5}} and bench.methods["baseline"] is None
+    for bad, match in [
+        ("train.accelerator", "expected dotted.key=value"),
+        ("=3", "expected dotted.key=value"),
+        ("train..lr=1", "expected dotted.key=value"),
+        ("tasks.vqa=1", "tasks is not a mapping"),
+        # a null baseline is not silently turned into a MAD config with defaults
+        ("methods.baseline.kl.tau=1", "methods.baseline is not a mapping"),
+        ("epochs=3", "unknown field"),
+        ("fractions=[0]", "fractions"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            BenchConfig.from_yaml(p, [bad])
+
+
+def test_bench_cli_applies_overrides(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_bench(bench, workers=1):
+        seen["bench"] = bench
+        return []
+
+    monkeypatch.setattr(harness, "run_bench", fake_run_bench)
+    monkeypatch.setattr(harness, "write_report", lambda results, bench: {"markdown": ""})
+    p = tmp_path / "b.yaml"
+    p.write_text(yaml.safe_dump({"tasks": ["vqa"], "train": {"lr": 0.1}}))
+    harness.main(["--config", str(p), "--set", "train.lr=0.5", "--set", "seeds=[7]"])
+    assert seen["bench"].train == {"lr": 0.5} and seen["bench"].seeds == [7]
+
+
 def test_every_run_is_checked_before_any_starts(tmp_path):
     # the world runner's check_run: a bad field in the last method fails before the first run
     bench = _bench(tmp_path, methods={"baseline": None, "mad": {"selct": {"ratio": 0.3}}})

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="student init: 'world-vl' (the shipped VL-pretrained student, default), 'scratch' "
         "or a .safetensors file from `mad-distill pretrain-student`",
     )
+    p.add_argument(
+        "--accelerator",
+        choices=["cpu", "cuda", "gpu"],
+        help="where runs train (the config's train.accelerator; default: cpu). CUDA results "
+        "differ from CPU ones in the last bits, so they are stored as other runs",
+    )
     p.add_argument("--threads", type=int, help="torch threads per run (default: all cores)")
     p.add_argument(
         "--workers",
@@ -82,6 +88,8 @@ def demo_bench(args: argparse.Namespace):
         train["teacher"] = args.teacher
     if args.student:
         train["student"] = args.student
+    if args.accelerator:
+        train["accelerator"] = args.accelerator
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.workers is not None and args.workers < 1:

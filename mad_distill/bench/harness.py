@@ -102,7 +102,10 @@ class BenchConfig:
             raise TypeError(f"train: must be a mapping, got {type(self.train).__name__}")
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> BenchConfig:
+    def from_yaml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> BenchConfig:
+        """The bench YAML at ``path`` with ``overrides`` applied, each ``dotted.key=value``
+        (the value read as YAML: ``train.accelerator=cuda``, ``seeds=[3,4]``,
+        ``methods.MAD.kl.tau=1.5``)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"bench config not found: {path}")
@@ -110,6 +113,8 @@ class BenchConfig:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the bench config must be a YAML mapping")
+        for item in overrides:
+            _apply_override(data, item)
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(
@@ -117,6 +122,25 @@ class BenchConfig:
                 f"{sorted(cls.__dataclass_fields__)}"
             )
         return cls(**data)
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``item = "a.b.c=value"``; missing mappings are made,
+    a ``null`` is not (``methods.baseline: null`` stays a baseline unless replaced whole)."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ValueError(f"override {item!r}: expected dotted.key=value")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if part not in node:
+            node[part] = {}
+        child = node[part]
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ValueError(f"override {item!r}: {where} is not a mapping")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
 
 
 @dataclass(frozen=True)
@@ -432,8 +456,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="runs in parallel (one process and thread each)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, dotted, the value read as YAML (repeatable): "
+        "--set train.accelerator=cuda --set seeds=[3,4]",
+    )
     args = parser.parse_args(argv)
-    bench = BenchConfig.from_yaml(args.config)
+    bench = BenchConfig.from_yaml(args.config, args.set)
     if args.out_dir:
         bench.out_dir = args.out_dir
     results = run_bench(bench, workers=args.workers)

@@ -14,8 +14,9 @@ outputs once per process (keyed by ``MADBatch.keys``) and serves them through th
 demo fit in minutes on a laptop CPU; the result is identical to running the teachers every step.
 
 ``bench.train`` options (all optional; defaults in :data:`TRAIN_DEFAULTS`): student size, epochs
-and step bounds, batch size, learning rate, pool / test sizes, teacher spec. Progress bars and
-threads are :data:`RUNTIME` options (:func:`set_runtime`): they do not change results.
+and step bounds, batch size, learning rate, pool / test sizes, teacher spec, ``accelerator``
+(``cpu`` or ``cuda``: it changes results in the last bits). Progress bars and threads are
+:data:`RUNTIME` options (:func:`set_runtime`): they do not change results.
 """
 
 from __future__ import annotations
@@ -75,7 +76,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "test_size": 1000,
     "world_seed": 0,
     "deterministic": True,
+    # where the student trains and the teachers run: "cpu" or "cuda" (Lightning's "gpu" is an
+    # alias); results differ in the last bits between the two, so it is part of a run's
+    # fingerprint (see resolve_train)
+    "accelerator": "cpu",
 }
+
+#: the ``train.accelerator`` values (Lightning's names) -> the torch device type they run on
+ACCELERATORS: dict[str, str] = {"cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
 
 #: how runs are shown and scheduled, not what they compute: kept out of ``bench.train`` (and so
 #: out of the harness' run fingerprints), so a demo with progress bars resumes a quiet bench
@@ -135,6 +143,10 @@ def train_options(bench_train: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"train.warmup_frac must be in [0, 1), got {opts['warmup_frac']!r}")
     if not isinstance(opts["teacher"], str) or not opts["teacher"]:
         raise ValueError(f"train.teacher must be a teacher spec string, got {opts['teacher']!r}")
+    acc = opts["accelerator"]
+    if not isinstance(acc, str) or acc not in ACCELERATORS:
+        raise ValueError(f"train.accelerator must be one of {sorted(ACCELERATORS)}, got {acc!r}")
+    opts["accelerator"] = ACCELERATORS[acc]
     if not isinstance(opts["student"], str) or not opts["student"]:
         raise ValueError(
             f"train.student must be 'world-vl', 'scratch' or a .safetensors path, "
@@ -584,6 +596,7 @@ def _store_for(teachers, n_cls: int, opts, task: str, vcr_mode: str, train_ds, u
     ident = (
         opts["teacher"],
         opts.get("text_teacher"),
+        opts["accelerator"],
         task,
         vcr_mode,
         train_ds.indices.tobytes(),
@@ -992,6 +1005,10 @@ def resolve_train(bench_train: Mapping[str, Any]) -> dict[str, Any]:
     """Everything in ``bench.train`` that determines a result, for the harness' fingerprints:
     the options after defaults plus the SHA-256 of the packaged teacher / student they name."""
     opts = train_options(bench_train)
+    if opts["accelerator"] == "cpu":
+        # the option came after 491 committed CPU runs: its default leaves their fingerprints
+        # as they were, so they are still recognised as finished
+        del opts["accelerator"]
     return {**opts, **_file_identities(opts)}
 
 
@@ -1041,7 +1058,48 @@ def _run_options(run, bench) -> tuple[str, str, Any, dict[str, Any], dict[str, A
         if not method_opts["train"]:
             raise
         raise ValueError(f"method {run.method!r} train: {err}") from None
+    if opts["accelerator"] == "cuda" and not torch.cuda.is_available():
+        # no silent fallback to the CPU: its results differ
+        raise ValueError("train.accelerator is 'cuda' but torch.cuda.is_available() is False")
     return world_task, vcr_mode, method_cfg, method_opts, opts
+
+
+def run_settings(run, bench) -> dict[str, Any]:
+    """What one run trains and tests with, however its grid spells it: the bench's and the
+    method's ``train`` options merged (a method's ``tap_layer`` applied; the teachers and the
+    file checksums only when it distils), the method's runner options that act (``augment``
+    with its defaults; ``unlabeled`` / ``pseudo_labels`` only when distilling), the MAD config,
+    the task, fraction and domains; not the seed or the method's name. Two runs with equal
+    settings and seed train the same student, so seeds of one setting found in two grids can
+    be read together (``benchmarks/compare_world.py --fresh``)."""
+    _, _, method_cfg, method_opts, opts = _run_options(run, bench)
+    opts = dict(opts)
+    if method_opts["tap_layer"] is not None:
+        opts["tap_layer"] = method_opts["tap_layer"]
+    distill = method_cfg is not None and method_opts["distill"]
+    unlabeled = method_opts["unlabeled"] if distill else 0.0
+    mad = None
+    if distill:
+        mad = mad_config_for(method_cfg, opts, run.task).to_dict(serializable=True)
+        opts.update(_file_identities(opts))
+    else:
+        for name in ("teacher", "text_teacher"):
+            opts.pop(name)
+        opts.update(_file_identities({"student": opts["student"]}))
+    augment = check_augment(method_opts["augment"], unlabeled=1.0)
+    if augment is not None and not unlabeled:
+        augment["unlabeled"] = False  # no unlabelled rows to augment
+    return {
+        "task": run.task,
+        "fraction": float(run.fraction),
+        "train_domain": bench.train_domain,
+        "test_domains": list(bench.test_domains),
+        "train": opts,
+        "augment": augment,
+        "unlabeled": unlabeled,
+        "pseudo_labels": method_opts["pseudo_labels"] if distill else 0.0,
+        "mad": mad,
+    }
 
 
 def check_run(run, bench) -> None:
@@ -1092,6 +1150,10 @@ def run_world(run, bench) -> dict:
     if method_cfg is not None and method_opts["distill"]:
         mad = mad_config_for(method_cfg, opts, run.task)
         teachers = _teachers(opts["teacher"], opts.get("text_teacher"))
+        for t in teachers.values():
+            # the store computes on the run's device (Lightning moves the module, and with it
+            # the teachers, only at fit)
+            t.to(opts["accelerator"])
         store = _store_for(teachers, n_cls, opts, world_task, vcr_mode, train_ds, unlabeled_ds)
     t_teacher = time.perf_counter() - t0
 
@@ -1130,7 +1192,7 @@ def run_world(run, bench) -> dict:
         trainer = L.Trainer(
             max_steps=total,
             max_epochs=-1,
-            accelerator="cpu",
+            accelerator=opts["accelerator"],
             devices=1,
             deterministic=bool(opts["deterministic"]),
             logger=False,
@@ -1192,6 +1254,7 @@ def run_world(run, bench) -> dict:
         "steps": total,
         "teacher": opts["teacher"] if mad is not None else None,
         "student": opts["student"],
+        "device": _device_name(opts["accelerator"]),
         "mad_config": mad.to_dict(serializable=True) if mad is not None else None,
         "timing": {
             "teacher_s": round(t_teacher, 2),
@@ -1201,6 +1264,13 @@ def run_world(run, bench) -> dict:
             "cpu_s": round(time.process_time() - cpu0, 2),
         },
     }
+
+
+def _device_name(accelerator: str) -> str:
+    """What a run trained on, for its JSON: ``cpu`` or ``cuda:<GPU name>``."""
+    if accelerator == "cuda":
+        return f"cuda:{torch.cuda.get_device_name()}"
+    return "cpu"
 
 
 def _round_nested(value: Any, digits: int) -> Any:
@@ -1251,6 +1321,7 @@ run_world.resolve_method = resolve_method  # type: ignore[attr-defined]
 run_world.check_run = check_run  # type: ignore[attr-defined]
 
 __all__ = [
+    "ACCELERATORS",
     "TASK_VARIANTS",
     "TRAIN_DEFAULTS",
     "TeacherFeatureStore",
@@ -1262,6 +1333,7 @@ __all__ = [
     "pretrained_student",
     "resolve_method",
     "resolve_train",
+    "run_settings",
     "run_world",
     "set_runtime",
     "train_options",

@@ -217,3 +217,74 @@ def test_best_takes_the_top_three_seed_setting_per_cell_over_all_grids(cw, tmp_p
     with pytest.raises(SystemExit):
         cw.main(["--best", str(a), str(twin)])
     assert "two grids named 'a'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- --fresh
+def _grid(path: Path, seeds: list[int], out: Path, min_steps: int = 600, **methods) -> Path:
+    import yaml
+
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": ["vqa"],
+                "fractions": [0.01],
+                "seeds": seeds,
+                "methods": methods,
+                "train": {"min_steps": min_steps},
+                "out_dir": str(out),
+            }
+        )
+    )
+    return path
+
+
+def _runs(out: Path, method: str, values: dict[int, tuple[float, float]]) -> None:
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for seed, (flat, textured) in values.items():
+        path = out / "runs" / f"vqa__{method}__frac0.01__seed{seed}.json"
+        path.write_text(json.dumps({"metrics": {"flat": flat, "textured": textured}}))
+
+
+def test_fresh_reads_the_picked_settings_on_new_seeds(cw, tmp_path, capsys):
+    mad = {"select": {"ratio": 0.3}, "augment": {"kind": "augmix", "labeled": True}}
+    # the fresh grid spells the baseline otherwise (a null method, another teacher): same run
+    _grid(tmp_path / "src.yaml", [0, 1, 2], tmp_path / "src", baseline=None, MAD=mad)
+    _grid(tmp_path / "new.yaml", [3, 4], tmp_path / "new", baseline={"distill": False}, MAD=mad)
+    _runs(tmp_path / "src", "baseline", {0: (60, 50), 1: (61, 51), 2: (62, 52)})
+    _runs(tmp_path / "src", "MAD", {0: (66, 55), 1: (67, 56), 2: (68, 57)})
+    _runs(tmp_path / "new", "baseline", {3: (62, 50)})
+    fresh = {"new": {"baseline": "src", "MAD": "src"}}
+    lines, met = cw.fresh_seeds(fresh, tmp_path)
+    assert (
+        "| VQA | 1 % | flat | src/baseline | 61.0 ± 1.0 | 62.0 ± 0.0 (n=1) | 61.2 ± 1.0 |" in lines
+    )
+    flat = next(ln for ln in lines if ln.startswith("| VQA | 1 % | flat | src/baseline / src/MAD"))
+    # +6 on seeds 0-2; the MAD run of seed 3 is missing: no fresh margin, no verdict yet
+    assert "| +6.0 | – | – (fresh seeds missing) | – |" in flat and met["all seeds"] == [0, 0]
+    _runs(tmp_path / "new", "baseline", {4: (63, 51)})
+    _runs(tmp_path / "new", "MAD", {3: (66, 55), 4: (67, 53)})
+    lines, met = cw.fresh_seeds(fresh, tmp_path)
+    flat = next(ln for ln in lines if ln.startswith("| VQA | 1 % | flat | src/baseline / src/MAD"))
+    # fresh: 66.5 - 62.5 = +4.0; all five: 66.8 - 61.6 = +5.2 (met); textured: 55.2 - 50.8
+    assert (
+        "| +6.0 | +4.0 (n=2) | 61.6 ± 1.1 src/baseline / 66.8 ± 0.8 src/MAD | **+5.2** ✓ |" in flat
+    )
+    assert met["all seeds"] == [1, 2]
+    # a fresh grid whose method is another setting is refused, naming what differs
+    _grid(tmp_path / "new.yaml", [3, 4], tmp_path / "new", 900, baseline=None, MAD=mad)
+    with pytest.raises(ValueError, match=r"new/baseline is not src/baseline .*\['train'\] differ"):
+        cw.fresh_seeds(fresh, tmp_path)
+    # the same seed in the fresh grid and its source: refused
+    _grid(tmp_path / "new.yaml", [2, 3, 4], tmp_path / "new", baseline=None, MAD=mad)
+    _runs(tmp_path / "new", "MAD", {2: (68, 57)})
+    with pytest.raises(ValueError, match="seed 2 also in src"):
+        cw.fresh_seeds(fresh, tmp_path)
+
+
+def test_committed_fresh_grids_rerun_their_sources_settings(cw, capsys):
+    # every benchmarks/world_seeds_*.yaml is read by --fresh, and each of its methods has the
+    # run_settings of the grid it names (else fresh_seeds raises)
+    names = {p.stem for p in (Path(cw.__file__).parent).glob("world_seeds_*.yaml")}
+    assert names == set(cw.FRESH)
+    assert cw.main(["--fresh"]) == 0
+    assert "| task | fraction | test domain | best on seeds 0-2" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mad_distill.bench import demo
 from mad_distill.bench.harness import BenchConfig
@@ -82,6 +83,18 @@ def test_bad_demo_arguments(tmp_path):
         demo.main(["--student", str(tmp_path / "nope.safetensors"), "--out-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--workers"):
         demo.main(["--workers", "0", "--out-dir", str(tmp_path)])
+    if not torch.cuda.is_available():  # no silent CPU run instead
+        with pytest.raises(ValueError, match="train.accelerator is 'cuda'"):
+            demo.main(["--quick", "--accelerator", "gpu", "--out-dir", str(tmp_path / "gpu")])
+        assert not (tmp_path / "gpu" / "runs").exists() or not any(
+            (tmp_path / "gpu" / "runs").iterdir()
+        )
+
+
+def test_accelerator_reaches_the_bench_train_options():
+    args = demo.build_parser().parse_args(["--accelerator", "cuda"])
+    assert demo.demo_bench(args).train["accelerator"] == "cuda"
+    assert "accelerator" not in demo.demo_bench(demo.build_parser().parse_args([])).train
 
 
 def test_demo_runs_are_a_subset_of_the_committed_grids():

@@ -84,6 +84,65 @@ def test_train_options_reject_bad_values():
         train_options({"student": "nope.safetensors"})
 
 
+def test_accelerator_option():
+    assert train_options({})["accelerator"] == "cpu"
+    assert train_options({"accelerator": "gpu"})["accelerator"] == "cuda"  # Lightning's alias
+    assert train_options({"accelerator": "cuda"})["accelerator"] == "cuda"
+    for bad in ("tpu", "auto", 0, None):
+        with pytest.raises(ValueError, match="train.accelerator"):
+            train_options({"accelerator": bad})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine")
+def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(tmp_path):
+    bench = _bench(tmp_path, "world-clip", train={**TINY, "accelerator": "cuda"})
+    with pytest.raises(ValueError, match="train.accelerator is 'cuda'"):
+        check_run(RunSpec("vqa", "baseline", 0.01, 0), bench)
+    with pytest.raises(ValueError, match="train.accelerator is 'cuda'"):
+        run_world(RunSpec("vqa", "baseline", 0.01, 0), bench)
+
+
+def test_the_accelerator_is_part_of_the_fingerprint_and_cpu_keeps_the_old_one(tmp_path):
+    from mad_distill.bench.world import resolve_train
+
+    bench = BenchConfig(
+        tasks=["vqa"], fractions=[0.01], methods={"baseline": None}, out_dir=str(tmp_path)
+    )
+    run = RunSpec("vqa", "baseline", 0.01, 0)
+    fp = {
+        acc: harness.run_fingerprint(run, bench, resolve_train({"accelerator": acc}))
+        for acc in ("cpu", "cuda", "gpu")
+    }
+    assert fp["cpu"] == harness.run_fingerprint(run, bench, resolve_train({}))
+    assert fp["cuda"] == fp["gpu"] != fp["cpu"]
+    # the default leaves the key out: the fingerprints of runs made before the option existed
+    assert "accelerator" not in resolve_train({})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_run_trains_on_cuda(tmp_path, world_clip_spec):
+    """Every world-runner path on the GPU (teacher store, unlabelled rows, augmented views the
+    teacher labels live, the test pass), as a CPU run of the same grid does it, and repeatable."""
+    mad = {"select": {"ratio": 0.3}, "unlabeled": 0.01, "augment": {"kind": "augmix"}}
+    methods = {"baseline": None, "MAD-U-aug": mad}
+    cpu = _bench(tmp_path, world_clip_spec, tasks=["vqa"], methods=methods)
+    gpu = _bench(
+        tmp_path,
+        world_clip_spec,
+        tasks=["vqa"],
+        methods=methods,
+        train={**cpu.train, "accelerator": "cuda"},
+    )
+    for method in methods:
+        run = RunSpec("vqa", method, 0.002, 0)
+        out = run_world(run, gpu)
+        assert out["device"].startswith("cuda:")
+        assert all(0 <= v <= 100 for v in out["metrics"].values())
+        assert run_world(run, cpu)["device"] == "cpu"
+        # the store made on the GPU is not served to a CPU run, nor the reverse
+        assert run_world(run, gpu)["metrics"] == out["metrics"]
+
+
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory):
     from mad_distill.data.world.student_pretrain import pretrain_student
@@ -715,6 +774,58 @@ def test_shipped_grids_pass_the_run_check(config):
     for run in runs:
         check_run(run, bench)
     assert bench.out_dir.startswith("benchmarks/results/")
+
+
+def test_committed_runs_keep_their_fingerprints():
+    """Every run result committed under benchmarks/results/ is recognised as finished by its
+    grid (the harness skips it): a changed default or option would silently rerun (or, worse,
+    mix) them. Grids still running may lack runs."""
+    repo = Path(__file__).parents[2]
+    from mad_distill.bench.world import resolve_method, resolve_train
+
+    checked = 0
+    for config in sorted((repo / "benchmarks").glob("*.yaml")):
+        bench = BenchConfig.from_yaml(config)
+        resolved = resolve_train(bench.train)
+        for run in harness.expand_grid(bench):
+            path = harness._run_path(repo / bench.out_dir, run)
+            if path.is_file():
+                fp = harness.run_fingerprint(run, bench, resolved, resolve_method)
+                assert json.loads(path.read_text())["fingerprint"] == fp, (config.name, run.key)
+                checked += 1
+    assert checked >= 491
+
+
+def test_run_settings_say_what_a_run_trains_with(tmp_path):
+    from mad_distill.bench.world import run_settings
+
+    mad = {"select": {"ratio": 0.3}, "tap_layer": 0}
+    methods = {"baseline": None, "plain": {"distill": False}, "MAD": mad}
+    a = _bench(tmp_path, "world-clip", methods=methods)
+    b = _bench(
+        tmp_path,
+        "open_clip:ViT-B-32@openai",
+        methods={**methods, "MAD": {**mad, "tap_layer": None}},
+    )
+    b.train["tap_layer"] = 0
+    run = RunSpec("vqa", "baseline", 0.01, 0)
+    # a baseline: the teacher does not act, and a null method is {distill: false}
+    assert run_settings(run, a) == run_settings(
+        run, _bench(tmp_path, "open_clip:RN50@openai", methods=methods)
+    )
+    assert run_settings(run, a) == run_settings(RunSpec("vqa", "plain", 0.01, 0), a)
+    assert "teacher" not in run_settings(run, a)["train"]
+    # a method's tap layer is the bench's train.tap_layer spelled otherwise
+    mad_a, mad_b = (run_settings(RunSpec("vqa", "MAD", 0.01, 0), g) for g in (a, b))
+    assert mad_a["train"]["tap_layer"] == mad_b["train"]["tap_layer"] == 0
+    assert mad_a["train"]["teacher"] != mad_b["train"]["teacher"] and mad_a != mad_b
+    # neither the seed nor the method's name, but the fraction and the steps
+    assert run_settings(RunSpec("vqa", "MAD", 0.01, 5), a) == mad_a
+    assert run_settings(RunSpec("vqa", "MAD", 0.05, 0), a) != mad_a
+    a.train["min_steps"] = 99
+    assert run_settings(run, a) != run_settings(
+        run, _bench(tmp_path, "world-clip", methods=methods)
+    )
 
 
 def test_check_run_names_the_bad_field(tmp_path):
