@@ -12,7 +12,8 @@ fully supervised student (``world_100pct_seeds``, else seed 0 of ``world_100pct`
 100 % rows compare MAD with the baseline against the issue's "baseline − 1".
 
 ``--best [GRID ...]``: the best measured setting per low-shot cell over many grids (default:
-every ``results/world*/table.json``): the distilling method with the highest mean over at least
+every ``results/world*/table.json`` but the fresh-seed grids of ``--fresh``): the distilling
+method with the highest mean over at least
 3 seeds, against the highest mean of any grid's ``baseline*`` method over at least 3 seeds (a
 single seed is not compared with a mean; a baseline with fewer seeds above that bar is shown
 beside it). A maximum over many settings: it says which setting reaches a cell, not that one
@@ -434,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_table(*fresh_seeds(), seeds="means of seeds 0-4, every setting rerun")
         return 0
     if args.best is not None:
-        paths = args.best or sorted(_ROOT.glob("world*/table.json"))
+        # the fresh-seed grids rerun settings of other grids on new seeds: --fresh reads them
+        paths = args.best or sorted(
+            t for t in _ROOT.glob("world*/table.json") if t.parent.name not in FRESH
+        )
         grids: dict[str, Cells] = {}
         for path in paths:
             # a grid is named by its folder (results/<grid>/table.json), another file by its stem
