@@ -13,11 +13,10 @@ fully supervised student (``world_100pct_seeds``, else seed 0 of ``world_100pct`
 
 ``--best [GRID ...]``: the best measured setting per low-shot cell over many grids (default:
 every ``results/world*/table.json`` but the fresh-seed grids of ``--fresh``): the distilling
-method with the highest mean over at least
-3 seeds, against the highest mean of any grid's ``baseline*`` method over at least 3 seeds (a
-single seed is not compared with a mean; a baseline with fewer seeds above that bar is shown
-beside it). A maximum over many settings: it says which setting reaches a cell, not that one
-setting reaches them all.
+method with the highest mean over at least 3 seeds, against the highest mean of any grid's
+``baseline*`` method over at least 3 seeds (a single seed is not compared with a mean; a
+baseline with fewer seeds above that bar is shown beside it). A maximum over many settings: it
+says which setting reaches a cell, not that one setting reaches them all.
 
 ``--fresh``: the settings ``--best`` picked, on fresh seeds. A best of many settings on seeds 0-2
 flatters itself; the ``world_seeds_*`` grids (:data:`FRESH`) rerun the picked settings and every
@@ -293,11 +292,10 @@ def _seed_values(bench, task: str, method: str, frac: float, domain: str) -> See
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
-    """Mean, sample std (0 for one value) and count, as the harness' tables."""
-    n = len(values)
-    mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return mean, std, n
+    """Mean, sample std and count, as the harness' tables."""
+    from mad_distill.bench.harness import mean_std
+
+    return (*mean_std(values), len(values))
 
 
 def fresh_seeds(
@@ -427,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="*",
         help="the best setting per cell over these grids' table.json (none named: every "
-        "results/world*/table.json)",
+        "results/world*/table.json but the fresh-seed grids of --fresh)",
     )
     p.add_argument("--fresh", action="store_true", help="the picked settings on fresh seeds")
     args = p.parse_args(argv)

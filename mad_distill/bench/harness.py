@@ -329,6 +329,15 @@ def _timed(runner: Callable[..., dict], run: RunSpec, bench: BenchConfig) -> tup
     return out, time.perf_counter() - start
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of a non-empty sequence:
+    the mean ± std over seeds of every bench table."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def aggregate(results: Sequence[dict], bench: BenchConfig) -> dict:
     """Mean ± std over seeds per task, method, fraction and test domain."""
     cells: dict[tuple[str, str, float, str], list[float]] = {}
@@ -340,12 +349,7 @@ def aggregate(results: Sequence[dict], bench: BenchConfig) -> dict:
             )
     rows = []
     for (task, method, fraction, domain), values in sorted(cells.items()):
-        mean = sum(values) / len(values)
-        std = (
-            math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-            if len(values) > 1
-            else 0.0
-        )
+        mean, std = mean_std(values)
         rows.append(
             {
                 "task": task,
