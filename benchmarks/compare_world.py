@@ -16,7 +16,8 @@ every ``results/world*/table.json`` but the fresh-seed grids of ``--fresh``): th
 method with the highest mean over at least 3 seeds, against the highest mean of any grid's
 ``baseline*`` method over at least 3 seeds (a single seed is not compared with a mean; a
 baseline with fewer seeds above that bar is shown beside it). A maximum over many settings: it
-says which setting reaches a cell, not that one setting reaches them all.
+says which setting reaches a cell, not that one setting reaches them all. The 100 % cells follow
+in a table of their own, against the issue's "baseline − 1".
 
 ``--fresh``: the settings ``--best`` picked, on fresh seeds. A best of many settings on seeds 0-2
 flatters itself; the ``world_seeds_*`` grids (:data:`FRESH`) rerun the picked settings and every
@@ -31,6 +32,9 @@ many steps as the probe's methods), with the same +5 / 3-seed rule.
 
     python benchmarks/compare_world.py            # defaults: the committed results
     python benchmarks/compare_world.py --status
+    python benchmarks/compare_world.py --status --full-method MAD-tap0 \
+        --full benchmarks/results/world_100pct_tap0/table.json \
+        benchmarks/results/world_100pct_seeds/table.json
     python benchmarks/compare_world.py --probe benchmarks/results/world_probe_kl/table.json
     python benchmarks/compare_world.py --best
     python benchmarks/compare_world.py --fresh
@@ -70,6 +74,12 @@ FRESH: dict[str, dict[str, str]] = {
     "world_seeds_snli_rand": {
         "baseline-randaugment": "world_policy_baselines",
         "MAD-U-tap0-randaugment": "world_policy_mad_rand",
+    },
+    "world_seeds_deep": {
+        "baseline-trivialaugment": "world_probe_deep",
+        "baseline-augmix": "world_probe_deep",
+        "baseline-trivialaugment-1260": "world_probe_deep",
+        "MAD-U-tap0-trivialaugment": "world_probe_deep",
     },
     "world_seeds_vcr1": {
         "baseline": "world_lowshot",
@@ -160,12 +170,18 @@ def _tally(
 
 
 def status(
-    short: Cells, grid: Cells, augmented: Cells, full: Cells, stronger: Cells | None = None
+    short: Cells,
+    grid: Cells,
+    augmented: Cells,
+    full: Cells,
+    stronger: Cells | None = None,
+    full_method: str = "MAD",
 ) -> tuple[list[str], dict]:
     """The target table (Markdown lines) and ``{method: [cells met, cells]}``.
 
     ``stronger``: the grid of MAD-U + AugMix distilling the 6000-step teacher
-    (``world_teacher6000``); one more method column when given.
+    (``world_teacher6000``); one more method column when given. ``full_method``: the method
+    of the 100 % grids read against their ``baseline``.
 
     A low-shot cell is met when the method's mean is at least :data:`LOWSHOT_GAIN` above the
     best baseline's; a 100 % cell when MAD's mean is at least ``baseline + FULL_LOSS``. A mean
@@ -197,14 +213,19 @@ def status(
                 cells.append(_tally(met, name, out, best))
         cells.append(_fmt(full.get((task, 1.0, dom, "baseline"))))
         lines.append("| " + " | ".join(cells) + " |")
-    full_rows = _order({k[:3] for k in full if (k[:3] + ("MAD",)) in full})
+    full_rows = _order({k[:3] for k in full if (k[:3] + (full_method,)) in full})
     if full_rows:
-        lines += ["", "| task | fraction | test domain | baseline | MAD | MAD − baseline |"]
+        name = f"{full_method} at 100 %"
+        lines += [
+            "",
+            f"| task | fraction | test domain | baseline | {full_method} "
+            f"| {full_method} − baseline |",
+        ]
         lines.append("|" + "---|" * 6)
-        met["MAD at 100 %"] = [0, 0]
+        met[name] = [0, 0]
         for task, frac, dom in full_rows:
-            b, m = full[(task, frac, dom, "baseline")], full[(task, frac, dom, "MAD")]
-            gain = _tally(met, "MAD at 100 %", m, b, FULL_LOSS)
+            b, m = full[(task, frac, dom, "baseline")], full[(task, frac, dom, full_method)]
+            gain = _tally(met, name, m, b, FULL_LOSS)
             lines.append(
                 f"| {_NAMES[task]} | {frac * 100:g} % | {dom} | {_fmt(b)} | {_fmt(m)} | {gain} |"
             )
@@ -240,27 +261,43 @@ def probe(probe_grid: Cells, baselines: list[tuple[str, Cells, str]]) -> tuple[l
 
 
 def best(grids: dict[str, Cells]) -> tuple[list[str], dict]:
-    """The best setting per low-shot cell over ``grids`` (name -> cells; see the module doc):
-    Markdown lines and ``{"best setting per cell": [cells met, cells]}``."""
+    """The best setting per cell over ``grids`` (name -> cells; see the module doc): Markdown
+    lines (the low-shot table, then the 100 % table) and ``{name: [cells met, cells]}``.
+
+    A low-shot cell is met at :data:`LOWSHOT_GAIN` above the best baseline, a 100 % cell at
+    :data:`FULL_LOSS` (the issue's "not worse than baseline − 1")."""
     refs: dict[tuple[str, float, str], list[tuple[str, tuple[float, float, int]]]] = {}
     outs: dict[tuple[str, float, str], list[tuple[str, tuple[float, float, int]]]] = {}
     for name, cells in grids.items():
         for (task, frac, dom, method), cell in cells.items():
-            if frac >= 1:
-                continue
             into = refs if method.startswith("baseline") else outs
             into.setdefault((task, frac, dom), []).append((f"{name}/{method}", cell))
+    lines: list[str] = []
+    met: dict[str, list[int]] = {}
+    for key, bar, full in (
+        ("best setting per cell", LOWSHOT_GAIN, False),
+        ("best setting at 100 %", FULL_LOSS, True),
+    ):
+        cells = [c for c in _order(outs) if (c[1] >= 1) == full]
+        if not cells:
+            continue
+        lines += _best_rows(cells, refs, outs, met, key, bar, blank=bool(lines))
+    return lines, met
+
+
+def _best_rows(cells, refs, outs, met: dict, key: str, bar: float, blank: bool) -> list[str]:
+    """One table of :func:`best`: its Markdown lines; counts its cells in ``met[key]``."""
     head = ["task", "fraction", "test domain", "best baseline (>= 3 seeds)", "which"]
     head += ["best setting (>= 3 seeds)", "which", "− best baseline", "higher baseline, < 3 seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    key = "best setting per cell"
-    met = {key: [0, 0]}
+    lines = [""] if blank else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    met[key] = [0, 0]
 
     def top(found, seeds):
         picks = [nc for nc in found if nc[1][2] >= seeds]
         return max(picks, key=lambda nc: nc[1][0], default=("–", None))
 
-    for cell in _order(outs):
+    for cell in cells:
         ref_name, ref = top(refs.get(cell, []), 3)
         out_name, out = top(outs[cell], 3)
         row = [_NAMES[cell[0]], f"{cell[1] * 100:g} %", cell[2], _fmt(ref), ref_name]
@@ -268,12 +305,12 @@ def best(grids: dict[str, Cells]) -> tuple[list[str], dict]:
         if ref is None or out is None:
             row.append(_NO_REF if ref is None else "–")
         else:
-            row.append(_tally(met, key, out, ref))
+            row.append(_tally(met, key, out, ref, bar))
         few_name, few = top(refs.get(cell, []), 1)
         higher = few is not None and few[2] < 3 and (ref is None or few[0] > ref[0])
         row.append(f"{_fmt(few)}: {few_name}" if higher else "")
         lines.append("| " + " | ".join(row) + " |")
-    return lines, met
+    return lines
 
 
 Seeds = dict[int, float]
@@ -414,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
         help="100 %% grids; a cell is read from the first that has it",
     )
     p.add_argument(
+        "--full-method",
+        default="MAD",
+        help="the method of the 100 %% grids read against their baseline (--status)",
+    )
+    p.add_argument(
         "--stronger",
         type=Path,
         default=_ROOT / "world_teacher6000" / "table.json",
@@ -458,7 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in reversed(args.full):
         full.update(_cells(path))
     stronger = _cells(args.stronger) if args.stronger.is_file() else None
-    _print_table(*status(short, grid, _cells(args.augmented), full, stronger))
+    _print_table(
+        *status(short, grid, _cells(args.augmented), full, stronger, full_method=args.full_method)
+    )
     return 0
 
 

@@ -108,6 +108,14 @@ def test_status_takes_the_best_baseline_and_needs_three_seeds(cw, tmp_path, caps
     assert met["MAD-U + AugMix, 6000-step teacher"] == [1, 2]
     vqa = next(line for line in lines if line.startswith("| VQA | 1 %"))
     assert "| 67.5 ± 1.0 |" in vqa and "**+5.5** ✓" in vqa
+    # another 100 % method, from a grid read before the one with the baseline
+    tap0 = _table(tmp_path / "t0.json", [("vqa", 1.0, "flat", "MAD-tap0", 71.2, 3)])
+    argv = ["--default-steps", str(short), "--grid", str(grid), "--augmented", str(aug)]
+    argv += ["--full", str(tap0), str(full), "--full-method", "MAD-tap0", "--status"]
+    cw.main(argv + ["--stronger", str(tmp_path / "absent.json")])
+    out = capsys.readouterr().out
+    assert "| VQA | 100 % | flat | 72.0 ± 1.0 | 71.2 ± 1.0 | **-0.8** ✓ |" in out
+    assert "- MAD-tap0 at 100 %: 1 of 1 cells meet the target" in out
 
 
 def test_probe_reads_its_own_baselines_too(cw, tmp_path, capsys):
@@ -177,8 +185,11 @@ def test_best_takes_the_top_three_seed_setting_per_cell_over_all_grids(cw, tmp_p
             ("vqa", 0.01, "flat", "MAD-U", 66.0, 3),
             ("vqa", 0.01, "textured", "baseline", 50.0, 3),
             ("vqa", 0.01, "textured", "MAD-U", 54.0, 3),
-            ("vqa", 1.0, "flat", "MAD", 70.0, 3),  # 100 %: not a low-shot cell
+            # 100 %: its own table, against "baseline - 1"
+            ("vqa", 1.0, "flat", "MAD", 70.0, 3),
             ("vqa", 1.0, "flat", "baseline", 71.0, 3),
+            ("vqa", 1.0, "textured", "MAD", 49.0, 3),
+            ("vqa", 1.0, "textured", "baseline", 50.5, 3),
         ],
     )
     b = _table(
@@ -195,8 +206,15 @@ def test_best_takes_the_top_three_seed_setting_per_cell_over_all_grids(cw, tmp_p
         ],
     )
     lines, met = cw.best({"a": cw._cells(a), "b": cw._cells(b)})
-    assert met == {"best setting per cell": [1, 2]}
-    assert not any("100 %" in line for line in lines)
+    assert met == {"best setting per cell": [1, 2], "best setting at 100 %": [1, 2]}
+    # the low-shot table first, then the 100 % one after a blank line
+    gap = lines.index("")
+    assert not any("100 %" in line for line in lines[:gap])
+    full = [line for line in lines[gap:] if line.startswith("| VQA | 100 %")]
+    assert full == [
+        "| VQA | 100 % | flat | 71.0 ± 1.0 | a/baseline | 70.0 ± 1.0 | a/MAD | **-1.0** ✓ |  |",
+        "| VQA | 100 % | textured | 50.5 ± 1.0 | a/baseline | 49.0 ± 1.0 | a/MAD | **-1.5** |  |",
+    ]
     flat = next(line for line in lines if line.startswith("| VQA | 1 % | flat"))
     assert flat == (
         "| VQA | 1 % | flat | 61.0 ± 1.0 | b/baseline-augmix | 67.0 ± 1.0 | b/KL | **+6.0** ✓ "
@@ -210,7 +228,9 @@ def test_best_takes_the_top_three_seed_setting_per_cell_over_all_grids(cw, tmp_p
     vcr = next(line for line in lines if line.startswith("| VCR Q→A | 5 %"))
     assert "| – | – | 74.0 ± 1.0 | b/KL | no baseline |" in vcr
     assert cw.main(["--best", str(a), str(b)]) == 0
-    assert "- best setting per cell: 1 of 2 cells meet the target" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "- best setting per cell: 1 of 2 cells meet the target" in out
+    assert "- best setting at 100 %: 1 of 2 cells meet the target" in out
     # two files the table would name alike: refused, not silently merged
     (tmp_path / "other").mkdir()
     twin = _table(tmp_path / "other" / "a.json", [])
