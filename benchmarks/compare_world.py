@@ -26,6 +26,9 @@ baseline on seeds 3 and 4, each method with the same settings as in the grid it 
 cell: each setting on seeds 0-2, on 3-4 and on all five; the baseline and the distilling
 setting picked on seeds 0-2 and their margin on each; and the best of each over all five seeds.
 
+``--summary``: the issue's verdict, one row per cell: on all five seeds where ``--fresh`` reran
+every setting of the cell, else on seeds 0-2 as ``--best`` (whose margin is shown beside it).
+
 ``--probe GRID``: each distilling method of a probe grid (its cells only) against the best of
 the status baselines and the grid's own ``baseline*`` methods (e.g. a baseline trained for as
 many steps as the probe's methods), with the same +5 / 3-seed rule.
@@ -38,6 +41,7 @@ many steps as the probe's methods), with the same +5 / 3-seed rule.
     python benchmarks/compare_world.py --probe benchmarks/results/world_probe_kl/table.json
     python benchmarks/compare_world.py --best
     python benchmarks/compare_world.py --fresh
+    python benchmarks/compare_world.py --summary
 """
 
 from __future__ import annotations
@@ -260,18 +264,33 @@ def probe(probe_grid: Cells, baselines: list[tuple[str, Cells, str]]) -> tuple[l
     return lines, met
 
 
+Found = dict[tuple[str, float, str], list[tuple[str, tuple[float, float, int]]]]
+
+
+def _settings(grids: dict[str, Cells]) -> tuple[Found, Found]:
+    """Per cell, every ``grid/method`` with its stats: the baselines and the distilling ones."""
+    refs: Found = {}
+    outs: Found = {}
+    for name, cells in grids.items():
+        for (task, frac, dom, method), cell in cells.items():
+            into = refs if method.startswith("baseline") else outs
+            into.setdefault((task, frac, dom), []).append((f"{name}/{method}", cell))
+    return refs, outs
+
+
+def _top(found: list, seeds: int) -> tuple[str, tuple[float, float, int] | None]:
+    """The setting with the highest mean over at least ``seeds`` seeds, or ``("–", None)``."""
+    picks = [nc for nc in found if nc[1][2] >= seeds]
+    return max(picks, key=lambda nc: nc[1][0], default=("–", None))
+
+
 def best(grids: dict[str, Cells]) -> tuple[list[str], dict]:
     """The best setting per cell over ``grids`` (name -> cells; see the module doc): Markdown
     lines (the low-shot table, then the 100 % table) and ``{name: [cells met, cells]}``.
 
     A low-shot cell is met at :data:`LOWSHOT_GAIN` above the best baseline, a 100 % cell at
     :data:`FULL_LOSS` (the issue's "not worse than baseline − 1")."""
-    refs: dict[tuple[str, float, str], list[tuple[str, tuple[float, float, int]]]] = {}
-    outs: dict[tuple[str, float, str], list[tuple[str, tuple[float, float, int]]]] = {}
-    for name, cells in grids.items():
-        for (task, frac, dom, method), cell in cells.items():
-            into = refs if method.startswith("baseline") else outs
-            into.setdefault((task, frac, dom), []).append((f"{name}/{method}", cell))
+    refs, outs = _settings(grids)
     lines: list[str] = []
     met: dict[str, list[int]] = {}
     for key, bar, full in (
@@ -292,21 +311,16 @@ def _best_rows(cells, refs, outs, met: dict, key: str, bar: float, blank: bool) 
     lines = [""] if blank else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     met[key] = [0, 0]
-
-    def top(found, seeds):
-        picks = [nc for nc in found if nc[1][2] >= seeds]
-        return max(picks, key=lambda nc: nc[1][0], default=("–", None))
-
     for cell in cells:
-        ref_name, ref = top(refs.get(cell, []), 3)
-        out_name, out = top(outs[cell], 3)
+        ref_name, ref = _top(refs.get(cell, []), 3)
+        out_name, out = _top(outs[cell], 3)
         row = [_NAMES[cell[0]], f"{cell[1] * 100:g} %", cell[2], _fmt(ref), ref_name]
         row += [_fmt(out), out_name]
         if ref is None or out is None:
             row.append(_NO_REF if ref is None else "–")
         else:
             row.append(_tally(met, key, out, ref, bar))
-        few_name, few = top(refs.get(cell, []), 1)
+        few_name, few = _top(refs.get(cell, []), 1)
         higher = few is not None and few[2] < 3 and (ref is None or few[0] > ref[0])
         row.append(f"{_fmt(few)}: {few_name}" if higher else "")
         lines.append("| " + " | ".join(row) + " |")
@@ -335,16 +349,18 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
     return (*mean_std(values), len(values))
 
 
-def fresh_seeds(
-    fresh: dict[str, dict[str, str]] | None = None, bench_dir: Path = _BENCH
-) -> tuple[list[str], dict]:
-    """The ``--fresh`` tables (Markdown lines) and ``{"all seeds": [met, complete cells]}``."""
+Fresh = dict[tuple[str, float, str], dict[str, tuple[bool, Seeds, Seeds]]]
+
+
+def _fresh_cells(fresh: dict[str, dict[str, str]] | None, bench_dir: Path) -> Fresh:
+    """Per cell, every setting the fresh grids rerun: ``{grid/method: (is baseline, {seed:
+    accuracy} on seeds 0-2, {seed: accuracy} on the fresh seeds)}``. Raises if a fresh grid's
+    method is not its source's setting, or a seed repeats."""
     from mad_distill.bench.harness import BenchConfig, RunSpec
     from mad_distill.bench.world import run_settings
 
     fresh = FRESH if fresh is None else fresh
-    # (task, fraction, domain) -> {setting name: (is baseline, old seeds, fresh seeds)}
-    cells: dict[tuple[str, float, str], dict[str, tuple[bool, Seeds, Seeds]]] = {}
+    cells: Fresh = {}
     for grid, sources in fresh.items():
         new = BenchConfig.from_yaml(bench_dir / f"{grid}.yaml")
         for method, source in sources.items():
@@ -375,6 +391,38 @@ def fresh_seeds(
                                     f"between two fresh grids: {ours[seed]} vs {value}"
                                 )
                             ours[seed] = value
+    return cells
+
+
+def _top_fresh(
+    found: dict[str, tuple[bool, Seeds, Seeds]], baseline: bool, seeds: str
+) -> tuple[str, dict] | None:
+    """The baseline / distilling setting of a fresh cell with the highest mean on ``seeds``
+    (``old``: 0-2, ``fresh``, ``all``) and its stats on each; settings with < 3 old seeds
+    are left out."""
+    best = None
+    for name, (is_base, old, new) in found.items():
+        if is_base != baseline or len(old) < 3:
+            continue
+        vals = {"old": list(old.values()), "fresh": list(new.values())}
+        vals["all"] = vals["old"] + vals["fresh"]
+        stats = {k: _stats(v) if v else None for k, v in vals.items()}
+        if stats[seeds] is not None and (best is None or stats[seeds] > best[1][seeds]):
+            best = (name, stats)
+    return best
+
+
+def _complete(found: dict[str, tuple[bool, Seeds, Seeds]]) -> bool:
+    """Whether every setting of a fresh cell has all five seeds (read on all seeds only then)."""
+    counts = {len(old) + len(new) for _, old, new in found.values()}
+    return len(counts) == 1 and min(counts) >= 5
+
+
+def fresh_seeds(
+    fresh: dict[str, dict[str, str]] | None = None, bench_dir: Path = _BENCH
+) -> tuple[list[str], dict]:
+    """The ``--fresh`` tables (Markdown lines) and ``{"all seeds": [met, complete cells]}``."""
+    cells = _fresh_cells(fresh, bench_dir)
     head = ["task", "fraction", "test domain", "setting", "seeds 0-2", "fresh seeds", "all"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in _order(cells):
@@ -391,36 +439,61 @@ def fresh_seeds(
     met = {key: [0, 0]}
     for cell in _order(cells):
         found = cells[cell]
-
-        def top(baseline: bool, seeds: str, found=found) -> tuple[str, dict] | None:
-            """The baseline / distilling setting with the highest mean on ``seeds``
-            (``old``, ``fresh``, ``all``) and its stats on each."""
-            best = None
-            for name, (is_base, old, new) in found.items():
-                if is_base != baseline or len(old) < 3:
-                    continue
-                vals = {"old": list(old.values()), "fresh": list(new.values())}
-                vals["all"] = vals["old"] + vals["fresh"]
-                stats = {k: _stats(v) if v else None for k, v in vals.items()}
-                if stats[seeds] is not None and (best is None or stats[seeds] > best[1][seeds]):
-                    best = (name, stats)
-            return best
-
-        base, dist = top(True, "old"), top(False, "old")
+        base, dist = _top_fresh(found, True, "old"), _top_fresh(found, False, "old")
         if base is None or dist is None:
             continue
         row = [_NAMES[cell[0]], f"{cell[1] * 100:g} %", cell[2], f"{base[0]} / {dist[0]}"]
         row.append(f"{dist[1]['old'][0] - base[1]['old'][0]:+.1f}")
         fb, fd = base[1]["fresh"], dist[1]["fresh"]
         row.append("–" if fb is None or fd is None else f"{fd[0] - fb[0]:+.1f} (n={fd[2]})")
-        # read on all seeds only once every setting of the cell has its fresh seeds
-        counts = {len(old) + len(new) for _, old, new in found.values()}
-        if len(counts) != 1 or min(counts) < 5:
+        if not _complete(found):
             row += ["– (fresh seeds missing)", "–"]
         else:
-            base5, dist5 = top(True, "all"), top(False, "all")
+            base5, dist5 = _top_fresh(found, True, "all"), _top_fresh(found, False, "all")
             row.append(f"{_fmt(base5[1]['all'])} {base5[0]} / {_fmt(dist5[1]['all'])} {dist5[0]}")
             row.append(_tally(met, key, dist5[1]["all"], base5[1]["all"]))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines, met
+
+
+def summary(
+    grids: dict[str, Cells],
+    fresh: dict[str, dict[str, str]] | None = None,
+    bench_dir: Path = _BENCH,
+) -> tuple[list[str], dict]:
+    """The ``--summary`` table: one row per cell, the issue's verdict on the widest reading.
+
+    A low-shot cell whose settings were all rerun on fresh seeds (``--fresh``, complete) is read
+    on all five seeds (best five-seed baseline against the best five-seed distilling setting);
+    any other cell, and every 100 % cell, on seeds 0-2 as ``--best`` reads it. The ``--best``
+    margin is shown for every low-shot cell beside it, so a five-seed verdict never hides a
+    three-seed setting that was not rerun."""
+    found = _fresh_cells(fresh, bench_dir)
+    refs, outs = _settings(grids)
+    head = ["task", "fraction", "test domain", "read on", "best baseline", "best distilling"]
+    head += ["− best baseline", "`--best` on seeds 0-2"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    met: dict[str, list[int]] = {"low-shot": [0, 0], "100 %": [0, 0]}
+    # the low-shot cells first, then the 100 % ones (a stable sort keeps task order)
+    for cell in sorted(_order(outs), key=lambda c: c[1] >= 1):
+        full = cell[1] >= 1
+        key, bar = ("100 %", FULL_LOSS) if full else ("low-shot", LOWSHOT_GAIN)
+        ref_name, ref = _top(refs.get(cell, []), 3)
+        out_name, out = _top(outs[cell], 3)
+        three = "–" if ref is None or out is None else f"{out[0] - ref[0]:+.1f}"
+        if not full and cell in found and _complete(found[cell]):
+            b5, d5 = _top_fresh(found[cell], True, "all"), _top_fresh(found[cell], False, "all")
+            read = "seeds 0-4"
+            ref_name, ref, out_name, out = b5[0], b5[1]["all"], d5[0], d5[1]["all"]
+        else:
+            read = "seeds 0-2"
+        row = [_NAMES[cell[0]], f"{cell[1] * 100:g} %", cell[2], read]
+        row += [f"{_fmt(ref)} {ref_name}", f"{_fmt(out)} {out_name}"]
+        if ref is None or out is None:
+            row.append(_NO_REF if ref is None else "–")
+        else:
+            row.append(_tally(met, key, out, ref, bar))
+        row.append("" if full else three)
         lines.append("| " + " | ".join(row) + " |")
     return lines, met
 
@@ -470,11 +543,16 @@ def main(argv: list[str] | None = None) -> int:
         "results/world*/table.json but the fresh-seed grids of --fresh)",
     )
     p.add_argument("--fresh", action="store_true", help="the picked settings on fresh seeds")
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="one verdict per cell: on five seeds where --fresh reran the cell, else as --best",
+    )
     args = p.parse_args(argv)
     if args.fresh:
         _print_table(*fresh_seeds(), seeds="means of seeds 0-4, every setting rerun")
         return 0
-    if args.best is not None:
+    if args.best is not None or args.summary:
         # the fresh-seed grids rerun settings of other grids on new seeds: --fresh reads them
         paths = args.best or sorted(
             t for t in _ROOT.glob("world*/table.json") if t.parent.name not in FRESH
@@ -486,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
             if name in grids:
                 p.error(f"--best: two grids named {name!r}; rename one file")
             grids[name] = _cells(path)
-        _print_table(*best(grids))
+        if args.summary:
+            _print_table(*summary(grids), seeds="five seeds where rerun, else >= 3")
+        else:
+            _print_table(*best(grids))
         return 0
     short, grid = _cells(args.default_steps), _cells(args.grid)
     if args.probe is not None:

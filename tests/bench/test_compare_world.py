@@ -308,3 +308,56 @@ def test_committed_fresh_grids_rerun_their_sources_settings(cw, capsys):
     assert names == set(cw.FRESH)
     assert cw.main(["--fresh"]) == 0
     assert "| task | fraction | test domain | best on seeds 0-2" in capsys.readouterr().out
+
+
+def test_summary_reads_rerun_cells_on_five_seeds_and_the_rest_as_best(cw, tmp_path, capsys):
+    mad = {"select": {"ratio": 0.3}}
+    _grid(tmp_path / "src.yaml", [0, 1, 2], tmp_path / "src", baseline=None, MAD=mad)
+    _grid(tmp_path / "new.yaml", [3, 4], tmp_path / "new", baseline=None, MAD=mad)
+    _runs(tmp_path / "src", "baseline", {0: (60, 50), 1: (61, 51), 2: (62, 52)})
+    _runs(tmp_path / "src", "MAD", {0: (66, 55), 1: (67, 56), 2: (68, 57)})
+    _runs(tmp_path / "new", "baseline", {3: (62, 50), 4: (63, 51)})
+    _runs(tmp_path / "new", "MAD", {3: (66, 55), 4: (67, 53)})
+    fresh = {"new": {"baseline": "src", "MAD": "src"}}
+    src = _table(
+        tmp_path / "src.json",
+        [
+            ("vqa", 0.01, "flat", "baseline", 61.0, 3),
+            ("vqa", 0.01, "flat", "MAD", 67.0, 3),
+            ("vqa", 0.01, "textured", "baseline", 51.0, 3),
+            ("vqa", 0.01, "textured", "MAD", 56.0, 3),
+            # not rerun on fresh seeds: read on seeds 0-2
+            ("vqa", 0.05, "flat", "baseline", 65.0, 3),
+            ("vqa", 0.05, "flat", "MAD", 70.5, 3),
+            ("vqa", 1.0, "flat", "baseline", 72.0, 3),
+            ("vqa", 1.0, "flat", "MAD", 71.5, 3),
+        ],
+    )
+    # a setting that was not rerun beats the rerun ones on seeds 0-2: shown in the last column
+    other = _table(tmp_path / "other.json", [("vqa", 0.01, "textured", "KL", 57.5, 3)])
+    grids = {"src": cw._cells(src), "other": cw._cells(other)}
+    lines, met = cw.summary(grids, fresh, tmp_path)
+    rows = lines[2:]
+    # five seeds: 66.8 - 61.6 = +5.2 (met); seeds 0-2 (--best): 67.0 - 61.0 = +6.0
+    assert rows[0] == (
+        "| VQA | 1 % | flat | seeds 0-4 | 61.6 ± 1.1 src/baseline | 66.8 ± 0.8 src/MAD "
+        "| **+5.2** ✓ | +6.0 |"
+    )
+    # textured on five seeds: 55.2 - 50.8 = +4.4 (not met), though --best's pick (other/KL)
+    # has +6.5 on seeds 0-2
+    assert rows[1].startswith("| VQA | 1 % | textured | seeds 0-4 | 50.8 ± 0.8 src/baseline")
+    assert rows[1].endswith("| **+4.4** | +6.5 |")
+    assert rows[2] == (
+        "| VQA | 5 % | flat | seeds 0-2 | 65.0 ± 1.0 src/baseline | 70.5 ± 1.0 src/MAD "
+        "| **+5.5** ✓ | +5.5 |"
+    )
+    # the 100 % cells last, against "baseline - 1", without a --best column
+    assert rows[3] == (
+        "| VQA | 100 % | flat | seeds 0-2 | 72.0 ± 1.0 src/baseline | 71.5 ± 1.0 src/MAD "
+        "| **-0.5** ✓ |  |"
+    )
+    assert met == {"low-shot": [2, 3], "100 %": [1, 1]}
+    # the committed results print it
+    assert cw.main(["--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "- low-shot:" in out and "- 100 %:" in out
