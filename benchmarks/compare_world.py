@@ -52,6 +52,17 @@ from pathlib import Path
 
 _BENCH = Path(__file__).resolve().parent
 _ROOT = _BENCH / "results"
+#: the dropout-0 baselines (session 21), rerun on fresh seeds in every cell that ``--fresh`` reads
+_NODROP = {
+    m: "world_probe_nodrop_baselines"
+    for m in (
+        "baseline-nodrop",
+        "baseline-nodrop-150",
+        "baseline-augmix-nodrop",
+        "baseline-randaugment-nodrop",
+        "baseline-trivialaugment-nodrop",
+    )
+}
 #: the fresh-seed grids (``benchmarks/<name>.yaml``) -> {method: the grid it comes from}
 FRESH: dict[str, dict[str, str]] = {
     "world_seeds_vqa1": {
@@ -92,6 +103,8 @@ FRESH: dict[str, dict[str, str]] = {
         "baseline-trivialaugment": "world_policy_baselines",
         "MAD-U-tap0-augmix": "world_probe_tap_grid_seeds",
     },
+    "world_seeds_nodrop": _NODROP,
+    "world_seeds_nodrop_vcr1": _NODROP,
 }
 _NAMES = {"vqa": "VQA", "snli_ve": "SNLI-VE", "vcr": "VCR Q→A"}
 #: the issue's bars: low-shot gain over the baseline, and the allowed loss at 100 %
