@@ -494,8 +494,11 @@ def summary(
         ref_name, ref = _top(refs.get(cell, []), 3)
         out_name, out = _top(outs[cell], 3)
         three = "–" if ref is None or out is None else f"{out[0] - ref[0]:+.1f}"
-        if not full and cell in found and _complete(found[cell]):
-            b5, d5 = _top_fresh(found[cell], True, "all"), _top_fresh(found[cell], False, "all")
+        complete = not full and cell in found and _complete(found[cell])
+        b5 = _top_fresh(found[cell], True, "all") if complete else None
+        d5 = _top_fresh(found[cell], False, "all") if complete else None
+        # a cell rerun with only its baselines (or only distilling settings) stays on seeds 0-2
+        if b5 is not None and d5 is not None:
             read = "seeds 0-4"
             ref_name, ref, out_name, out = b5[0], b5[1]["all"], d5[0], d5[1]["all"]
         else:

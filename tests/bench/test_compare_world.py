@@ -361,3 +361,22 @@ def test_summary_reads_rerun_cells_on_five_seeds_and_the_rest_as_best(cw, tmp_pa
     assert cw.main(["--summary"]) == 0
     out = capsys.readouterr().out
     assert "- low-shot:" in out and "- 100 %:" in out
+
+
+def test_summary_reads_a_cell_whose_rerun_has_only_baselines_on_seeds_0_to_2(cw, tmp_path):
+    # a fresh grid that reruns a cell's baselines but none of its distilling settings (the
+    # dropout-0 baselines' grids) leaves nothing to read on five seeds for that cell
+    _grid(tmp_path / "src.yaml", [0, 1, 2], tmp_path / "src", baseline=None)
+    _grid(tmp_path / "new.yaml", [3, 4], tmp_path / "new", baseline=None)
+    _runs(tmp_path / "src", "baseline", {0: (60, 50), 1: (61, 51), 2: (62, 52)})
+    _runs(tmp_path / "new", "baseline", {3: (62, 50), 4: (63, 51)})
+    src = _table(
+        tmp_path / "src.json",
+        [("vqa", 0.01, "flat", "baseline", 61.0, 3), ("vqa", 0.01, "flat", "MAD", 67.0, 3)],
+    )
+    lines, met = cw.summary({"src": cw._cells(src)}, {"new": {"baseline": "src"}}, tmp_path)
+    assert lines[2] == (
+        "| VQA | 1 % | flat | seeds 0-2 | 61.0 ± 1.0 src/baseline | 67.0 ± 1.0 src/MAD "
+        "| **+6.0** ✓ | +6.0 |"
+    )
+    assert met["low-shot"] == [1, 1]
