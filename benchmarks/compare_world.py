@@ -103,6 +103,7 @@ FRESH: dict[str, dict[str, str]] = {
         "baseline-trivialaugment": "world_policy_baselines",
         "MAD-U-tap0-augmix": "world_probe_tap_grid_seeds",
     },
+    "world_seeds_kl_nodrop": {"KL-augmix-nodrop": "world_probe_kl_nodrop"},
     "world_seeds_nodrop": _NODROP,
     "world_seeds_nodrop_vcr1": _NODROP,
 }
