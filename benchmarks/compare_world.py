@@ -495,9 +495,9 @@ def summary(
         ref_name, ref = _top(refs.get(cell, []), 3)
         out_name, out = _top(outs[cell], 3)
         three = "–" if ref is None or out is None else f"{out[0] - ref[0]:+.1f}"
-        complete = not full and cell in found and _complete(found[cell])
-        b5 = _top_fresh(found[cell], True, "all") if complete else None
-        d5 = _top_fresh(found[cell], False, "all") if complete else None
+        b5 = d5 = None
+        if not full and cell in found and _complete(found[cell]):
+            b5, d5 = _top_fresh(found[cell], True, "all"), _top_fresh(found[cell], False, "all")
         # a cell rerun with only its baselines (or only distilling settings) stays on seeds 0-2
         if b5 is not None and d5 is not None:
             read = "seeds 0-4"
